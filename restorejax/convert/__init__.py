@@ -1,0 +1,1 @@
+"""Conversion of official PyTorch checkpoints into restorejax parameters."""

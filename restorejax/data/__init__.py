@@ -1,0 +1,1 @@
+"""Input data: records, grain pipelines, on-device degradations and priors, embedded default images."""

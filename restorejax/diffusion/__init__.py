@@ -1,0 +1,1 @@
+"""Diffusion: noise schedules, samplers (DDPM/DDIM) and the SR3 objective."""

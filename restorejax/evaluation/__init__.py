@@ -1,0 +1,1 @@
+"""Evaluation: BasicSR-compatible metrics, evaluators over a mesh, the GIR protocol, restore CLI."""

@@ -1,0 +1,44 @@
+"""Restoration networks, chosen by name in `config.model`.
+
+An explicit table of names -> (module, class), imported lazily, so that an optional heavy network never
+breaks `import restorejax`. Every network is a Flax Linen module called as `model(degraded, prior=None)`
+on NHWC float images in [0, 1], agnostic of sharding. The config block holds `name` plus the module's
+own fields.
+"""
+
+import dataclasses
+import importlib
+
+import flax.linen as nn
+import ml_collections
+
+MODELS = {
+    "nafnet": ("restorejax.models.nafnet", "NAFNet"),
+}
+
+
+def model_class(name: str) -> type:
+  if name not in MODELS:
+    raise ValueError(f"config.model.name: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
+  module, cls = MODELS[name]
+  return getattr(importlib.import_module(module), cls)
+
+
+def default_config(name: str) -> ml_collections.ConfigDict:
+  """The `config.model` block of a network with its defaults: `name` plus every field of the module."""
+  cls = model_class(name)
+  fields = {f.name: f.default for f in dataclasses.fields(cls)
+            if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+  return ml_collections.ConfigDict({"name": name, **fields})
+
+
+def build(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """`config.model` -> an unbound Flax module; an unknown option is an error naming it."""
+  cls = model_class(cfg.name)
+  known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  options = {k: v for k, v in cfg.items() if k != "name"}
+  unknown = sorted(set(options) - known)
+  if unknown:
+    raise ValueError(f"config.model: unknown option(s) {', '.join(unknown)} for model {cfg.name!r} "
+                     f"(known: {', '.join(sorted(known))})")
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})

@@ -1,0 +1,66 @@
+"""The training loss: a weighted sum of terms chosen in `config.losses`.
+
+`config.losses.<name> = {weight: w, <option>: value, ...}`. Each term is a pure function
+`term(restored, batch, *, aux, **options) -> scalar`; `aux` holds frozen models a term needs (never part
+of the train state). A term with weight 0 is not computed at all, so ablating a term is one override:
+`--config.losses.charbonnier.weight=0`. Every computed term is logged as `train/loss/<name>`.
+"""
+
+import inspect
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import ml_collections
+
+from restorejax.losses import pixel
+
+TERMS: dict[str, Callable[..., Any]] = {
+    "l1": pixel.l1,
+    "l2": pixel.l2,
+    "charbonnier": pixel.charbonnier,
+    "psnr": pixel.psnr,
+}
+
+
+def term_options(name: str) -> dict[str, Any]:
+  """A term's options and their defaults: its keyword-only arguments other than `aux`."""
+  params = inspect.signature(TERMS[name]).parameters.values()
+  return {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name != "aux"}
+
+
+def default_config(**weights: float) -> ml_collections.ConfigDict:
+  """Every known term with its default options; weight 0 (off) unless given, e.g. `default_config(l1=1.0)`."""
+  unknown = sorted(set(weights) - set(TERMS))
+  if unknown:
+    raise ValueError(f"unknown loss term(s) {', '.join(unknown)} (known: {', '.join(sorted(TERMS))})")
+  return ml_collections.ConfigDict(
+      {name: {"weight": float(weights.get(name, 0.0)), **term_options(name)} for name in TERMS})
+
+
+def build(cfg: ml_collections.ConfigDict) -> Callable[..., tuple[jnp.ndarray, dict[str, jnp.ndarray]]]:
+  """`config.losses` -> `loss(restored, batch, aux) -> (total, {name: term value})`."""
+  active = []
+  for name, block in cfg.items():
+    if name not in TERMS:
+      raise ValueError(f"config.losses: unknown loss term {name!r} (known: {', '.join(sorted(TERMS))})")
+    options = dict(block)
+    if "weight" not in options:
+      raise ValueError(f"config.losses.{name}: missing 'weight'")
+    weight = float(options.pop("weight"))
+    known = term_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+      raise ValueError(f"config.losses.{name}: unknown option(s) {', '.join(unknown)} "
+                       f"(known: weight{''.join(', ' + k for k in known)})")
+    if weight != 0.0:
+      active.append((name, weight, options))
+  if not active:
+    raise ValueError("config.losses: every term has weight 0; give at least one a non-zero weight")
+
+  def loss(restored, batch, aux=None):
+    restored = restored.astype(jnp.float32)
+    terms = {name: TERMS[name](restored, batch, aux=aux, **opts) for name, _, opts in active}
+    total = sum(w * terms[name] for name, w, _ in active)
+    return total, terms
+
+  return loss

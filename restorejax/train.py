@@ -1,0 +1,415 @@
+"""The trainer: one readable loop in labelled sections (run directory, mesh, data, model, state, step,
+restore, loop, final evaluation).
+
+`train_and_evaluate(config, workdir)` is the whole run. The step functions (`make_train_step`,
+`make_eval_step`) are pure and testable alone. Nothing here mentions a device kind: the mesh and the
+sharding rules come from the config, so the same run works on one CPU, simulated devices, several
+processes, a GPU node or a TPU pod.
+"""
+
+import functools
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import dm_pix
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
+
+from restorejax import checkpoint, losses, models, optim, reporting, sharding, throughput
+from restorejax.data import degrade, pipeline
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (e.g. keeps producing non-finite losses); the message says why."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32: updates attempted so far (= batches consumed)
+  params: Any
+  opt_state: Any
+  ema_params: Any            # used for evaluation
+  rng: jax.Array             # uint32[2]: folded with the step for on-device randomness
+  nonfinite: jax.Array       # int32: steps whose update was skipped for a non-finite loss or gradient
+  nonfinite_run: jax.Array   # int32: consecutive such steps up to now
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches: host uint8 -> device float, degradations synthesised on the device when the source has none.
+# ----------------------------------------------------------------------------------------------------
+
+def data_key(config: ml_collections.ConfigDict, split: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), {"train": 1, "eval": 2}[split])
+
+
+def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Array) -> dict[str, jax.Array]:
+  """uint8 images -> float32 in [0, 1]; `degraded` synthesised from `target` (keyed by example index)."""
+  out = {k: v.astype(jnp.float32) / 255.0 if v.dtype == jnp.uint8 else v for k, v in batch.items()}
+  if "degraded" not in out:
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
+    out["degraded"] = jax.vmap(degrade_fn)(keys, out["target"])
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step functions.
+# ----------------------------------------------------------------------------------------------------
+
+def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
+                    lr_schedule: optax.Schedule, config: ml_collections.ConfigDict) -> Callable:
+  """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
+  degrade_fn = degrade.from_config(config.data.degrade)
+  key = data_key(config, "train")
+  ema_decay = config.optim.ema_decay
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any]):
+    batch = prepare_batch(batch, degrade_fn, key)
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_of(params):
+      restored = model.apply({"params": params}, batch["degraded"], batch.get("prior"))
+      return loss_fn(restored, batch, {**aux, "rng": step_rng})
+
+    (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                 state.ema_params, params)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        ema_params=keep(ema, state.ema_params),
+        nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
+        nonfinite_run=jnp.where(ok, 0, state.nonfinite_run + 1),
+    )
+    metrics = {
+        "train/loss": loss,
+        **{f"train/loss/{name}": value for name, value in terms.items()},
+        "train/grad_norm": grad_norm,
+        "train/lr": lr_schedule(state.step // config.optim.accumulate_steps),
+        "train/nonfinite_steps": new_state.nonfinite,
+        "train/nonfinite_run": new_state.nonfinite_run,
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+  """`eval_step(params, batch) -> (per-image metrics, restored)`; outputs rounded to 8 bits, as saved."""
+
+  def eval_step(params, batch):
+    restored = model.apply({"params": params}, batch["degraded"], batch.get("prior"))
+    restored = degrade.quantize(restored)
+    return {
+        "psnr": dm_pix.psnr(restored, batch["target"]),
+        "ssim": dm_pix.ssim(restored, batch["target"]),
+        "input_psnr": dm_pix.psnr(batch["degraded"], batch["target"]),
+        "input_ssim": dm_pix.ssim(batch["degraded"], batch["target"]),
+    }, restored
+
+  return eval_step
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation on the held-out set, sharded over the batch axes of the mesh.
+# ----------------------------------------------------------------------------------------------------
+
+class Evaluator:
+  """The fixed held-out set, degraded once on the device, evaluated in batches with the EMA params."""
+
+  def __init__(self, config, model, mesh, batch_sharding):
+    examples = pipeline.eval_examples(config)
+    n = len(examples["index"])
+    bs = config.eval.batch_size
+    self.num_examples = n
+    pad = -n % bs
+    examples = {k: np.concatenate([v, v[:pad]]) if pad else v for k, v in examples.items()}
+    examples["mask"] = np.arange(n + pad) < n
+    degrade_fn = degrade.from_config(config.data.degrade)
+    prep = jax.jit(functools.partial(prepare_batch, degrade_fn=degrade_fn, key=data_key(config, "eval")),
+                   out_shardings=batch_sharding)
+    self.batches = []
+    for i in range(0, n + pad, bs):
+      chunk = {k: v[i:i + bs] for k, v in examples.items()}
+      self.batches.append(prep(sharding.replicated_to_global(chunk, batch_sharding)))
+    self.step = jax.jit(make_eval_step(model), out_shardings=(batch_sharding, batch_sharding))
+
+  def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
+    per_image, first = [], None
+    for batch in self.batches:
+      metrics, restored = self.step(params, batch)
+      per_image.append(sharding.to_host(metrics))
+      if first is None:
+        first = (batch["degraded"], restored, batch["target"])
+    mask = np.concatenate([sharding.to_host(b["mask"]) for b in self.batches])
+    results = {f"eval/{k}": float(np.mean(np.concatenate([p[k] for p in per_image])[mask]))
+               for k in per_image[0]}
+    grid = reporting.image_grid(*[sharding.to_host(x) for x in first])
+    return results, grid
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preemption: SIGTERM saves a checkpoint and ends the run cleanly.
+# ----------------------------------------------------------------------------------------------------
+
+class Preemption:
+  """One process: our SIGTERM handler. Several: JAX's preemption sync point, so all save the same step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------------------------------
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
+
+
+def _init_state(model, tx, config, rng) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  p = config.data.patch_size
+  params = model.init(init_rng, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
+  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema_params=params,
+                    rng=state_rng, nonfinite=jnp.int32(0), nonfinite_run=jnp.int32(0))
+
+
+def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
+  """Parameters (and EMA) from another run or a converted checkpoint; optimizer and step start afresh."""
+  loaded = checkpoint.load_params(path)
+  want = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  problems = []
+  for k, v in want:
+    name = jax.tree_util.keystr(k)
+    if name not in have:
+      problems.append(f"{name} missing")
+    elif have[name].shape != v.shape:
+      problems.append(f"{name} has shape {have[name].shape}, the model wants {v.shape}")
+  extra = set(have) - {jax.tree_util.keystr(k) for k, _ in want}
+  problems += [f"{name} unexpected" for name in sorted(extra)]
+  if problems:
+    raise ValueError(f"config.init_from={path}: parameters do not fit the model: "
+                     + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+  loaded = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.params),
+                                        [have[jax.tree_util.keystr(k)] for k, _ in want])
+  params = sharding.replicated_to_global(jax.tree_util.tree_map(np.asarray, loaded), param_sh)
+  params = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), params, state.params)
+  return state.replace(params=params, ema_params=params)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the summary."""
+  # --- Run directory and writers --------------------------------------------------------------------
+  check_workdir(workdir)
+  if jax.process_index() == 0:
+    checkpoint.write_config(workdir, config)
+  writer = reporting.create_writer(workdir)
+  start_time = time.time()
+
+  # --- Mesh -------------------------------------------------------------------------------------------
+  mesh = sharding.mesh(config)
+  batch_sh = sharding.batch_sharding(config, mesh)
+  repl = sharding.replicated(mesh)
+  shards = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(config, mesh)]))
+  for name, bs in (("config.data.batch_size", config.data.batch_size),
+                   ("config.eval.batch_size", config.eval.batch_size)):
+    if bs % shards:
+      raise ValueError(f"{name}={bs} is not divisible by the {shards} data-parallel shards of the mesh")
+  logging.info("Mesh %s over %d devices in %d processes.", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # --- Model, losses, optimizer ---------------------------------------------------------------------
+  model = models.build(config.model)
+  loss_fn = losses.build(config.losses)
+  tx, lr_schedule = optim.build(config.optim, config.total_steps)
+
+  # --- Data -----------------------------------------------------------------------------------------
+  train_ds = pipeline.train_dataset(config, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  data_iter = iter(train_ds)
+  evaluator = Evaluator(config, model, mesh, batch_sh)
+
+  # --- State: shapes first, then params born sharded ------------------------------------------------
+  init_fn = functools.partial(_init_state, model, tx, config)
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
+  param_sh = sharding.param_shardings(abstract.params, config, mesh)
+  state_sh = TrainState(
+      step=repl, params=param_sh,
+      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
+                                      transform_non_params=lambda _: repl),
+      ema_params=param_sh, rng=repl, nonfinite=repl, nonfinite_run=repl)
+  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    abstract, state_sh)
+
+  # --- Restore or initialise ------------------------------------------------------------------------
+  mgr = checkpoint.manager(workdir, config)
+  state = checkpoint.restore_latest(mgr, abstract, data_iter)
+  if state is not None:
+    logging.info("Resumed from %s at step %d.", workdir, int(state.step))
+  else:
+    state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
+    if config.init_from:
+      state = _warm_start(state, config.init_from, param_sh)
+      logging.info("Parameters warm-started from %s.", config.init_from)
+  first_step = int(state.step)
+  if first_step == 0:
+    parameter_overview.log_parameter_overview(
+        jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params),
+        include_stats=False)
+
+  # --- Compile the step (once, with explicit shardings and the state donated) -----------------------
+  aux: dict[str, Any] = {}
+  train_step = jax.jit(make_train_step(model, loss_fn, tx, lr_schedule, config),
+                       in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                       donate_argnums=(0,))
+  p = config.data.patch_size
+  local = config.data.batch_size // jax.process_count()
+  host_spec = {"target": np.zeros((local, p, p, 3), np.uint8), "index": np.zeros((local,), np.int64)}
+  batch_spec = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct((config.data.batch_size,) + x.shape[1:], x.dtype, sharding=batch_sh),
+      host_spec)
+  t0 = time.time()
+  compiled = train_step.lower(abstract, batch_spec, aux).compile()
+  compile_s = time.time() - t0
+  flops = throughput.compiled_flops(compiled)   # per device
+  peak = throughput.peak_flops(override=config.peak_flops_per_device)
+  logging.info("Train step compiled in %.1fs; %.3g FLOPs per device per step.", compile_s, flops)
+  writer.write_scalars(first_step, {"train/compile_s": compile_s})
+
+  # --- Loop -----------------------------------------------------------------------------------------
+  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                           every_steps=config.log_every)
+  preemption = Preemption()
+  pending: Optional[tuple[int, Any]] = None    # a log step's metrics, fetched one step later
+  interval_start, interval_steps = time.time(), 0
+  train_time, trained_steps = 0.0, 0
+  eval_results: dict[str, float] = {}
+  step = first_step
+
+  def flush_pending():
+    nonlocal pending, interval_start, interval_steps, train_time, trained_steps
+    if pending is None:
+      return
+    log_step, metrics = pending
+    pending = None
+    metrics = {k: float(v) for k, v in sharding.to_host(metrics).items()}
+    elapsed = time.time() - interval_start
+    ips = interval_steps * config.data.batch_size / max(elapsed, 1e-9)
+    train_time += elapsed
+    trained_steps += interval_steps
+    metrics["train/images_per_s"] = ips
+    metrics["train/images_per_s_per_device"] = ips / jax.device_count()
+    metrics["train/tflops_per_s_per_device"] = flops * interval_steps / max(elapsed, 1e-9) / 1e12
+    if peak:
+      metrics["train/mfu"] = flops * interval_steps / max(elapsed, 1e-9) / peak
+    interval_start, interval_steps = time.time(), 0
+    writer.write_scalars(log_step, metrics)
+    if metrics["train/nonfinite_run"] >= config.max_nonfinite_steps:
+      raise TrainingError(
+          f"{int(metrics['train/nonfinite_run'])} consecutive steps up to step {log_step} had a "
+          f"non-finite loss or gradient (config.max_nonfinite_steps={config.max_nonfinite_steps}); "
+          f"stopping. The last checkpoint is step {mgr.latest_step()} in {workdir}/checkpoints.")
+
+  try:
+    while step < config.total_steps:
+      if preemption.reached(step):
+        flush_pending()
+        checkpoint.save(mgr, step, state, data_iter)
+        mgr.wait_until_finished()
+        logging.warning("Preempted (SIGTERM): saved step %d in %s; rerun to resume.", step, workdir)
+        return {"preempted": True, "steps": step}
+      batch = sharding.host_to_global(next(data_iter), batch_sh)
+      if interval_steps == 0:
+        interval_start = time.time()
+      state, metrics = compiled(state, batch, aux)
+      step += 1
+      interval_steps += 1
+      flush_pending()
+      if step % config.log_every == 0 or step == config.total_steps:
+        pending = (step, metrics)
+      report(step)
+      if step % config.eval_every == 0 or step == config.total_steps:
+        flush_pending()
+        eval_start = time.time()
+        eval_results, grid = evaluator(state.ema_params)
+        writer.write_scalars(step, eval_results)
+        writer.write_images(step, {"eval/degraded_restored_target": grid})
+        logging.info("Step %d: %s (%.1fs)", step, eval_results, time.time() - eval_start)
+        interval_start, interval_steps = time.time(), 0
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        checkpoint.save(mgr, step, state, data_iter)
+    flush_pending()
+  finally:
+    preemption.close()
+    mgr.wait_until_finished()
+    writer.flush()
+
+  # --- Final evaluation and summary -----------------------------------------------------------------
+  if not eval_results:
+    eval_results, _ = evaluator(state.ema_params)
+  host_params = sharding.to_host(state.params)
+  summary = {
+      **eval_results,
+      "steps": int(step),
+      "resumed_from_step": first_step,
+      "wall_time_s": time.time() - start_time,
+      "compile_time_s": compile_s,
+      "images_per_s": trained_steps * config.data.batch_size / max(train_time, 1e-9),
+      "images_per_s_per_device": trained_steps * config.data.batch_size / max(train_time, 1e-9)
+                                 / jax.device_count(),
+      "nonfinite_steps": int(sharding.to_host(state.nonfinite)),
+      "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(host_params))),
+      "params_fingerprint": reporting.fingerprint(host_params),
+      "ema_params_fingerprint": reporting.fingerprint(sharding.to_host(state.ema_params)),
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+  }
+  reporting.write_summary(workdir, summary)
+  writer.close()
+  data_close = getattr(data_iter, "close", None)
+  if data_close:
+    data_close()
+  return summary

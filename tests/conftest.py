@@ -1,0 +1,64 @@
+"""Shared test set-up: CPU only, a persistent compilation cache for the many short runs, CLI helpers."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Subprocess runs of the same tiny config share compiled executables through this cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "restorejax-test-xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_main(workdir, *overrides, config="configs/default.py:tiny", env=None, timeout=600, check=True):
+  """`python -m restorejax.main` in a subprocess; returns the CompletedProcess."""
+  cmd = [sys.executable, "-m", "restorejax.main", f"--config={os.path.join(ROOT, config)}",
+         f"--workdir={workdir}", *overrides]
+  proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def read_summary(workdir):
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+def read_metrics(workdir, name):
+  """{step: value} of one scalar from metrics.jsonl."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if name in row:
+        out[row["step"]] = row[name]
+  return out
+
+
+def tiny_config(**updates):
+  """configs/default.py:tiny, unlocked copies of the fields given as dotted keys."""
+  sys.path.insert(0, ROOT)
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config("tiny")
+  with config.unlocked():
+    for key, value in updates.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def root():
+  return ROOT

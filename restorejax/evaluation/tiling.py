@@ -11,8 +11,10 @@ whatever the image sizes:
 - the last batch is filled up with copies of its last tile, whose outputs are discarded;
 - overlaps blend with a separable weight that is 0 for the outer quarter of the overlap (where a
   tile's output sees its padding), rises as a raised cosine, and is 1 elsewhere and along the image's
-  own borders. Weights of two neighbouring tiles sum to 1 across a regular overlap, so seams vanish
-  for any model whose receptive radius is below `overlap // 4`, and blur into each other otherwise.
+  own borders. Weights of two neighbouring tiles sum to 1 across a regular overlap. A convolutional
+  model whose receptive radius is at most `overlap // 4` gives the untiled result; a wider one blends
+  smoothly. Models with global statistics (NAFNet's channel attention pools the whole input) see
+  per-tile statistics, as with any tiling: choose tiles as large as memory allows.
 
 Blending is a running weighted mean (`out += w / sum_w * (tile - out)`) rather than a sum of weighted
 tiles divided at the end, so where all tiles agree the result is bit-identical to the untiled output.

@@ -308,23 +308,24 @@ class ADMUNet(nn.Module):
 
 
 def config_from_flags(
-    image_size: int,
-    num_channels: int,
-    num_res_blocks: int,
+    image_size: int = 64,
+    num_channels: int = 128,
+    num_res_blocks: int = 2,
     channel_mult: str = "",
     learn_sigma: bool = False,
     class_cond: bool = False,
-    attention_resolutions: str = "16",
-    num_heads: int = 1,
+    attention_resolutions: str = "16,8",
+    num_heads: int = 4,
     num_head_channels: int = -1,
     num_heads_upsample: int = -1,
-    use_scale_shift_norm: bool = False,
+    use_scale_shift_norm: bool = True,
     dropout: float = 0.0,
     resblock_updown: bool = False,
     use_new_attention_order: bool = False,
     **ignored: Any,
 ) -> dict[str, Any]:
-  """ADMUNet fields from the official `script_util.create_model` flags (same defaults, same meaning).
+  """ADMUNet fields from the official command-line flags (`script_util.create_model` meaning, with the
+  `model_and_diffusion_defaults()` defaults that the official scripts apply under the README's flags).
 
   Flags that do not change the network (use_fp16, use_checkpoint, diffusion flags) may be passed and are
   ignored; use our `dtype` / `remat` fields instead.

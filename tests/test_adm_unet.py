@@ -275,6 +275,9 @@ def test_config_from_flags_matches_official_semantics():
   for field in cfg:  # the module's defaults are the official 256x256 unconditional model
     assert getattr(default, field) == getattr(preset, field), field
   assert adm_unet.build("imagenet512-cond").channel_mult[0] == 0.5
+  tiny_cfg = adm_unet.default_config("tiny")
+  tiny_cfg.num_classes = 10
+  assert adm_unet.build(tiny_cfg).num_classes == 10 and tiny_cfg.dtype == "float32"
 
 
 def test_sharding_rules_cover_every_parameter(tiny):
@@ -354,3 +357,14 @@ def test_params_file_round_trip(official_keys, tmp_path):
   convert_adm.save_params(params, path)
   restored = convert_adm.load_params(path)
   jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+
+def test_command_line_converts_and_writes(official_keys, tmp_path, monkeypatch, capsys):
+  entry = official_keys["tiny"]
+  sd = synthetic_state_dict(entry["state_dict_shapes"])
+  monkeypatch.setattr(convert_adm, "load_state_dict", lambda path: sd)  # no torch in the test env
+  out = str(tmp_path / "tiny.msgpack")
+  convert_adm.main(["--checkpoint", "unused.pt", "--preset", "tiny", "--out", out])
+  params = convert_adm.load_params(out)
+  np.testing.assert_array_equal(params["out_conv"]["kernel"], sd["out.2.weight"].transpose(2, 3, 1, 0))
+  assert f"{sum(v.size for v in sd.values()):,} parameters" in capsys.readouterr().out

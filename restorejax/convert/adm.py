@@ -15,7 +15,7 @@ import argparse
 import re
 from typing import Any, Mapping
 
-import flax
+from flax import serialization, traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,7 +77,7 @@ def convert(state_dict: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
     cfg: an ADMUNet, a preset name of `adm_unet.ADM_PRESETS`, or a mapping of ADMUNet fields.
   """
   model = cfg if isinstance(cfg, adm_unet.ADMUNet) else adm_unet.build(cfg)
-  shapes = flax.traverse_util.flatten_dict(param_shapes(model))
+  shapes = traverse_util.flatten_dict(param_shapes(model))
   keys = {path: official_key(path) for path in shapes}
   missing = sorted(k for k in keys.values() if k not in state_dict)
   leftover = sorted(set(state_dict) - set(keys.values()))
@@ -90,7 +90,7 @@ def convert(state_dict: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
     raise ValueError(f"adm convert: state dict does not match the model config: {'; '.join(problems)}")
   params = {path: _to_ours(keys[path], state_dict[keys[path]], path[-1], s.shape)
             for path, s in shapes.items()}
-  return flax.traverse_util.unflatten_dict(params)
+  return traverse_util.unflatten_dict(params)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -107,13 +107,13 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def save_params(params: Any, path: str) -> None:
   with open(path, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+    f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
 
 
 def load_params(path: str) -> dict[str, Any]:
   """Params written by `save_params` (msgpack, no pickle)."""
   with open(path, "rb") as f:
-    return flax.serialization.msgpack_restore(f.read())
+    return serialization.msgpack_restore(f.read())
 
 
 def main(argv: Any = None) -> None:

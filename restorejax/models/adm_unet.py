@@ -7,18 +7,22 @@ scale-shift conditioning, residual up/down blocks, legacy or new QKV ordering, z
 convolutions, and the cos-first sinusoidal timestep embedding.
 
 It is not a restorer (`model(degraded, prior)`), so it is not in `MODELS`: build it with
-`ADMUNet(**config)` from `ADM_PRESETS` or `config_from_flags(...)` (the official `create_model` flags).
-`model.apply(params, x, t, y=None) -> (out, h)` with `x` in [-1, 1] (NHWC), `t` integer or continuous
-timesteps of shape (B,) or scalar, `out` the eps (and variance) prediction, float32, and `h` the
-middle-block output ("h-space", 8x8x1024 at 256x256 in the official config), float32.
+`build(default_config(preset))` / `build(preset, **overrides)` from `ADM_PRESETS`, or from
+`config_from_flags(...)` (the official command-line flags).
+`model.apply({'params': params}, x, t, y=None, cond=None, train=False) -> (out, h)` with `x` in [-1, 1]
+(NHWC), `t` integer or continuous timesteps of shape (B,) or scalar, `out` the eps (and variance)
+prediction, float32, and `h` the middle-block output ("h-space", 8x8x1024 at 256x256 in the official
+config), float32.
 """
 
+import dataclasses
 import math
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 # PyTorch's default conv/linear weight init, so that a model trained from scratch starts like the official.
 TORCH_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -382,6 +386,16 @@ ADM_PRESETS: Mapping[str, dict[str, Any]] = {
                  num_heads=4, num_head_channels=16, num_heads_upsample=-1, use_scale_shift_norm=True,
                  resblock_updown=True, use_new_attention_order=False),
 }
+
+
+def default_config(preset: str = "imagenet256-uncond") -> ml_collections.ConfigDict:
+  """Every ADMUNet field for a preset (the config block a run holds), e.g. `default_config('tiny')`."""
+  if preset not in ADM_PRESETS:
+    raise ValueError(f"adm preset: unknown {preset!r} (known: {', '.join(ADM_PRESETS)})")
+  fields = {f.name: f.default for f in dataclasses.fields(ADMUNet)
+            if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+  fields.update(ADM_PRESETS[preset])
+  return ml_collections.ConfigDict(fields)
 
 
 def build(preset_or_config: str | Mapping[str, Any], **overrides: Any) -> ADMUNet:

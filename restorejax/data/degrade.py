@@ -336,19 +336,24 @@ def task_name(task: int) -> str:
   return "+".join(task_ops(task)) or "clean"
 
 
-def compose(key: jax.Array, image: jnp.ndarray, applied: jnp.ndarray, *, ranges="train",
+def compose(key: jax.Array, image: jnp.ndarray, applied: jnp.ndarray, *, ops=OPS, ranges="train",
             overrides=None) -> jnp.ndarray:
   """Applies the ops flagged in bool[len(OPS)] `applied`, in `OPS` order, each quantized to 8 bits.
 
-  Op i of OPS draws its parameters and noise from row / key i of draws made for all ops, so they do not
-  depend on which other ops run.
+  Only the ops named in `ops` are built (flags of the others are ignored): under `jax.vmap` every built
+  op runs for every example, so leaving unused ones out saves compute and compile time. Op i of OPS
+  draws its parameters and noise from row / key i of draws made for all ops, so they do not depend on
+  which other ops run.
   """
+  ops = _check_ops(ops, 1)
   r = resolve_ranges(ranges, overrides)
   k_params, k_noise = jax.random.split(key)
   uniforms = jax.random.uniform(k_params, (len(OPS), N_UNIFORMS))
   keys = jax.random.split(k_noise, len(OPS))
   x = image
   for i, name in enumerate(OPS):
+    if name not in ops:
+      continue
     op = lambda x, name=name, i=i: quantize(_APPLY[name](keys[i], uniforms[i], x, r)).astype(x.dtype)
     x = jax.lax.cond(applied[i], op, lambda x: x, x)
   return x
@@ -356,10 +361,15 @@ def compose(key: jax.Array, image: jnp.ndarray, applied: jnp.ndarray, *, ranges=
 
 def mixed(key: jax.Array, image: jnp.ndarray, *, ops=OPS, max_ops: int = 3, ranges="train",
           overrides=None) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """1..`max_ops` random degradations from `ops` with `ranges` ('train' | 'harder'); -> (image, task id)."""
+  """1..`max_ops` random degradations from `ops` with `ranges` ('train' | 'harder'); -> (image, task id).
+
+  Contract (tests rely on it): with `k1, k2 = jax.random.split(key)`, the ops are
+  `sample_applied(k1, ops, max_ops)` and the image is `compose(k2, image, applied, ops=ops, ...)`.
+  """
   k1, k2 = jax.random.split(key)
   applied = sample_applied(k1, ops, max_ops)
-  return compose(k2, image, applied, ranges=ranges, overrides=overrides), task_id(applied)
+  out = compose(k2, image, applied, ops=ops, ranges=ranges, overrides=overrides)
+  return out, task_id(applied)
 
 
 # ----------------------------------------------------------------------------------------------------

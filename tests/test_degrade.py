@@ -134,7 +134,7 @@ def test_jpeg_quality_ordering_and_blocks(smooth, textured):
 def test_bicubic_downup_constant_and_ramp():
   c = jnp.full((H, W, 3), 0.37, jnp.float32)
   yy, xx = _grid()
-  ramp = jnp.asarray(np.stack([0.2 + 0.6 * xx, 0.1 + 0.5 * yy, 0.3 + 0.3 * xx * 0 + 0.3 * yy], -1), jnp.float32)
+  ramp = jnp.asarray(np.stack([0.2 + 0.6 * xx, 0.1 + 0.5 * yy, 0.3 + 0.3 * (xx + yy)], -1) / 1.2, jnp.float32)
   f = jax.jit(lambda x, factor: degrade.bicubic_downup(x, factor))
   for factor in (2, 4):
     np.testing.assert_allclose(f(c, factor), c, atol=1e-6)
@@ -156,7 +156,8 @@ def test_resize_matches_pil_bicubic_inside(textured):
 
 
 def test_downup_loses_detail(textured):
-  assert psnr(degrade.bicubic_downup(textured, 4), textured) < psnr(degrade.bicubic_downup(textured, 2), textured)
+  x4, x2 = degrade.bicubic_downup(textured, 4), degrade.bicubic_downup(textured, 2)
+  assert psnr(x4, textured) < psnr(x2, textured) < 35
 
 
 # ---------------------------------------------------------------------------------------------- rain
@@ -265,7 +266,8 @@ def test_mixed_task_id_matches_ops_applied(mixed_batch):
 def test_mixed_task_id_semantics(smooth):
   # With only darkening and hazing on offer, the id says which happened and the brightness agrees.
   keys = jax.random.split(jax.random.key(3), 12)
-  fn = jax.jit(jax.vmap(lambda k: degrade.mixed(k, smooth, ops=("lowlight", "haze"), max_ops=1, ranges="harder")))
+  sample = lambda k: degrade.mixed(k, smooth, ops=("lowlight", "haze"), max_ops=1, ranges="harder")
+  fn = jax.jit(jax.vmap(sample))
   out, task = fn(keys)
   low, hz = 1 << degrade.OPS.index("lowlight"), 1 << degrade.OPS.index("haze")
   assert set(np.asarray(task).tolist()) == {low, hz}

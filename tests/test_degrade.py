@@ -211,6 +211,39 @@ def test_low_light_darkens(smooth):
   assert m[0] > m[1] > m[2]
 
 
+# ---------------------------------------------------------------------------------------------- jit + vmap
+
+# Each op with two examples' parameters: (batched params) -> per-example op.
+PER_EXAMPLE = {
+    "blur": ((jnp.array([0.5, 3.0]), jnp.array([7, 21])),
+             lambda k, x, s, n: degrade.gaussian_blur(x, s, kernel_size=n)),
+    "noise": ((jnp.array([15.0, 50.0]),), degrade.gaussian_noise),
+    "poisson": ((jnp.array([10.0, 200.0]),), degrade.poisson_noise),
+    "jpeg": ((jnp.array([10, 90]),), lambda k, x, q: degrade.jpeg(x, q)),
+    "downup": ((jnp.array([2, 4]),), lambda k, x, f: degrade.bicubic_downup(x, f)),
+    "rain": ((jnp.array([50, 150]), jnp.array([3, 11]), jnp.array([20, 40]), jnp.array([-40.0, 30.0])),
+             degrade.rain),
+    "haze": ((jnp.array([0.8, 1.0]), jnp.array([0.5, 3.0])),
+             lambda k, x, a, b: degrade.haze(x, a, b, degrade.depth_field(k, x.shape[:2]))),
+    "lowlight": ((jnp.array([1.5, 4.0]),), lambda k, x, g: degrade.low_light(x, g)),
+}
+
+
+def test_ops_under_jit_and_vmap_with_per_example_parameters(textured):
+  # Same key and image for both examples, so that only the parameters tell them apart.
+  keys = jnp.stack([jax.random.key(4)] * 2)
+  images = jnp.stack([textured] * 2)
+  ops = PER_EXAMPLE.items()
+  batched = jax.jit(lambda k, x: {n: jax.vmap(f)(k, x, *p) for n, (p, f) in ops})(keys, images)
+  single = jax.jit(lambda k, x, i: {n: f(k, x, *(a[i] for a in p)) for n, (p, f) in ops})
+  for i in range(2):
+    one = single(keys[i], images[i], i)
+    for name, out in batched.items():
+      assert out.shape == images.shape and out.dtype == images.dtype, name
+      np.testing.assert_allclose(out[i], one[name], atol=1e-5 if name != "jpeg" else 1.5 / 255, err_msg=name)
+      assert not np.allclose(out[0], out[1], atol=1e-3), name  # the parameters differ per example
+
+
 # ---------------------------------------------------------------------------------------------- sampler
 
 

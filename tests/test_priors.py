@@ -35,7 +35,7 @@ SEVERITIES = (0.0, 0.1, 0.3, 0.6, 1.0)
 def sweep(simulate, target):
   """Priors for 4 keys at each severity: array (len(SEVERITIES), 4, H, W, 3)."""
   keys = jax.random.split(jax.random.key(0), 4)
-  return np.stack([np.asarray(simulate(keys, target, jnp.full(4, s))) for s in SEVERITIES])
+  return np.stack([np.asarray(simulate(keys, target, jnp.full(4, s, jnp.float32))) for s in SEVERITIES])
 
 
 def test_severity_zero_is_identity(sweep, target):
@@ -61,13 +61,14 @@ def test_low_frequency_colour_stays_related(sweep, target):
 
 def test_deterministic_and_key_dependent(simulate, target, sweep):
   keys = jax.random.split(jax.random.key(0), 4)
-  again = np.asarray(simulate(keys, target, jnp.full(4, 0.6)))
+  again = np.asarray(simulate(keys, target, jnp.full(4, 0.6, jnp.float32)))
   np.testing.assert_array_equal(again, sweep[SEVERITIES.index(0.6)])
   assert len({x.tobytes() for x in again}) == 4
   assert again.shape == (4, H, W, 3) and again.dtype == np.float32
-  per_example = np.asarray(simulate(keys, target, jnp.array([0.0, 0.1, 0.3, 1.0])))
+  per_example = np.asarray(simulate(keys, target, jnp.array([0.0, 0.1, 0.3, 1.0], jnp.float32)))
   np.testing.assert_array_equal(per_example[0], sweep[0][0])
   np.testing.assert_array_equal(per_example[3], sweep[-1][3])
+  assert simulate._cache_size() == 1  # severity is traced: one compile for all of them
 
 
 def test_warp_pieces(target):

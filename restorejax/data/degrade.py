@@ -20,7 +20,8 @@ Conventions of the individual degradations:
   `width` blur; the layer is min-max normalised to [0, 1] and added (clipped) or screen-blended.
 - `haze`: `I = J t + A (1 - t)`, `t = exp(-beta depth)`. MiOIR uses estimated depth maps; here the depth
   is a proxy (`depth_field`): a smooth random field plus a top-far vertical ramp, in [0.1, 1].
-- `low_light`: MiOIR's darkening `x ** gamma` (gamma 1..4), optionally followed by Gaussian noise.
+- `low_light`: MiOIR's darkening `x ** gamma` (gamma 1..4). `mixed`'s lowlight op then adds Gaussian
+  noise of sigma in `lowlight_noise` (0..255 scale), zero by default because MiOIR adds none.
 
 `mixed` composes 1..`max_ops` of these in the fixed order of `OPS` with the training or harder-test
 ranges of MiOIR (`RANGES`) and returns the degraded image and a task id: bit i of the id is set when
@@ -37,7 +38,6 @@ matmuls per axis); the rest are a few elementwise passes or small matmuls.
 
 import inspect
 import math
-from collections.abc import Mapping
 from typing import Callable
 
 import jax

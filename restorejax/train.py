@@ -305,9 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = jax.jit(make_train_step(model, loss_fn, tx, lr_schedule, config),
                        in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                        donate_argnums=(0,))
-  p = config.data.patch_size
-  local = config.data.batch_size // jax.process_count()
-  host_spec = {"target": np.zeros((local, p, p, 3), np.uint8), "index": np.zeros((local,), np.int64)}
+  host_spec = pipeline.batch_spec(config, config.data.batch_size // jax.process_count())
   batch_spec = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((config.data.batch_size,) + x.shape[1:], x.dtype, sharding=batch_sh),
       host_spec)

@@ -99,3 +99,10 @@ def test_patch_larger_than_image_is_a_clear_error():
 def test_unknown_source_is_named():
   with pytest.raises(ValueError, match="config.data.source: unknown source 'nope'"):
     pipeline.train_dataset(tiny_config(**{"data.source": "nope"}))
+
+
+def test_batch_spec_matches_real_batches():
+  config = tiny_config()
+  b = next(iter(pipeline.train_dataset(config)))
+  spec = pipeline.batch_spec(config, config.data.batch_size)
+  assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {k: (v.shape, v.dtype) for k, v in b.items()}

@@ -95,6 +95,12 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
   return it
 
 
+def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+  """Zero arrays shaped like a host batch of `batch_size` from `train_dataset` (for compiling ahead)."""
+  p = config.data.patch_size
+  return {"target": np.zeros((batch_size, p, p, 3), np.uint8), "index": np.zeros((batch_size,), np.int64)}
+
+
 def eval_examples(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The whole held-out set as host arrays (`target` uint8 (N, S, S, 3), `index`), the same on every host."""
   src = source(config.data, "eval")

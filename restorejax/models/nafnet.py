@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from restorejax.models import stack
+from restorejax.models import convs, stack
 
 # PyTorch's default conv init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 TORCH_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -40,22 +40,21 @@ class NAFBlock(nn.Module):
   def __call__(self, inp):
     c = inp.shape[-1]
     dw = c * self.dw_expand
-    conv = lambda f, k, name, **kw: nn.Conv(
-        f, (k, k), padding=k // 2, dtype=self.dtype, kernel_init=TORCH_INIT, name=name, **kw)
+    conv = lambda f, name: convs.PointwiseConv(f, dtype=self.dtype, kernel_init=TORCH_INIT, name=name)
     norm = lambda name: nn.LayerNorm(
         epsilon=1e-6, use_fast_variance=False, dtype=self.dtype, name=name)
 
     x = norm("norm1")(inp)
-    x = conv(dw, 1, "conv1")(x)
-    x = conv(dw, 3, "conv2", feature_group_count=dw)(x)
+    x = conv(dw, "conv1")(x)
+    x = convs.DepthwiseConv(3, dtype=self.dtype, kernel_init=TORCH_INIT, name="conv2")(x)
     x = simple_gate(x)
-    x = x * conv(dw // 2, 1, "sca")(jnp.mean(x, axis=(1, 2), keepdims=True))
-    x = conv(c, 1, "conv3")(x)
+    x = x * conv(dw // 2, "sca")(jnp.mean(x, axis=(1, 2), keepdims=True))
+    x = conv(c, "conv3")(x)
     y = inp + x * self.param("beta", nn.initializers.zeros, (c,)).astype(self.dtype)
 
-    x = conv(c * self.ffn_expand, 1, "conv4")(norm("norm2")(y))
+    x = conv(c * self.ffn_expand, "conv4")(norm("norm2")(y))
     x = simple_gate(x)
-    x = conv(c, 1, "conv5")(x)
+    x = conv(c, "conv5")(x)
     return y + x * self.param("gamma", nn.initializers.zeros, (c,)).astype(self.dtype)
 
 
@@ -117,8 +116,8 @@ class NAFNet(nn.Module):
                   name=f"downs_{i}")(x)
     x = blocks(self.middle_blocks, x, "middle_blks")
     for i, (n, skip) in enumerate(zip(self.dec_blocks, reversed(skips))):
-      x = nn.Conv(chan * 2, (1, 1), use_bias=False, dtype=dtype, kernel_init=TORCH_INIT,
-                  name=f"ups_{i}")(x)
+      x = convs.PointwiseConv(chan * 2, use_bias=False, dtype=dtype, kernel_init=TORCH_INIT,
+                              name=f"ups_{i}")(x)
       x = pixel_shuffle(x, 2)
       chan //= 2
       x = blocks(n, x + skip, f"decoders_{i}")

@@ -14,6 +14,10 @@ import ml_collections
 
 MODELS = {
     "nafnet": ("restorejax.models.nafnet", "NAFNet"),
+    "restormer": ("restorejax.models.restormer", "Restormer"),
+    "swinir": ("restorejax.models.swinir", "SwinIR"),
+    "rrdbnet": ("restorejax.models.rrdbnet", "RRDBNet"),
+    "dehazenet": ("restorejax.models.dehazenet", "DehazeNet"),
 }
 
 

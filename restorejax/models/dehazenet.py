@@ -137,6 +137,7 @@ class DehazeNet(nn.Module):
   scan: bool = True
   remat: bool = False
 
+  @nn.compact
   def transmission(self, degraded, prior=None):
     """The raw CNN transmission (before refinement), (B, H, W, 1)."""
     normalize = lambda img: img - self.input_offset
@@ -150,7 +151,6 @@ class DehazeNet(nn.Module):
                self.extremum_size, self.regression_size, jnp.dtype(self.dtype), name="cnn")(
                    x.astype(jnp.dtype(self.dtype)))
 
-  @nn.compact
   def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     if degraded.shape[-1] != 3:
       raise ValueError(f"DehazeNet needs RGB images; the degraded image has {degraded.shape[-1]} channels")

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import stack
+from restorejax.models import prior_concat, stack
 from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle  # noqa: F401 (re-exported)
 
 # Official configurations (megvii-research/NAFNet options/test/*/NAFNet-*.yml) as `config.model` values.
@@ -109,8 +109,7 @@ class NAFNet(nn.Module):
 
   @nn.compact
   def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    if self.fusion not in ("none", "concat"):
-      raise ValueError(f"model.fusion: unknown mode {self.fusion!r} (known: 'none', 'concat')")
+    prior_concat.check(self.fusion)
     if len(self.enc_blocks) != len(self.dec_blocks):
       raise ValueError(
           f"model.enc_blocks {tuple(self.enc_blocks)} and model.dec_blocks {tuple(self.dec_blocks)} "
@@ -120,10 +119,7 @@ class NAFNet(nn.Module):
     mult = 2 ** len(self.enc_blocks)
     pad = ((0, 0), (0, -h % mult), (0, -w % mult), (0, 0))
     inp = jnp.pad(degraded, pad)
-    x = inp
-    if self.fusion == "concat":
-      prior = jnp.zeros_like(degraded) if prior is None else prior
-      x = jnp.concatenate([x, jnp.pad(prior.astype(x.dtype), pad)], axis=-1)
+    x = jnp.pad(prior_concat.append(degraded, prior, fusion=self.fusion, channels=self.channels), pad)
 
     blocks = lambda n, x, name, level: stack.repeat(
         NAFBlock, n, x, name=name, scan=self.scan, remat=self.remat,

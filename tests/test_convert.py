@@ -459,3 +459,23 @@ def test_preset_configs():
     convert.preset_config("swinir", "nope")
   with pytest.raises(ValueError, match="not 'nafnet'"):
     convert.convert("nafnet", {}, ml_collections.ConfigDict(models.default_config("swinir")))
+
+
+def test_cli_exports_a_converted_checkpoint(tmp_path):
+  from restorejax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  try:
+    from restorejax import checkpoint  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    checkpoint = None
+  if not hasattr(checkpoint, "export_params"):
+    pytest.skip("restorejax.checkpoint.export_params is not there yet")
+  cfg = convert.preset_config("rrdbnet", "esrgan-x4")
+  sd = {k: np.zeros(s, np.float32) for k, s in rrdbnet_keys(tiny_cfg("rrdbnet")).items()}
+  np.savez(tmp_path / "w.npz", **sd)
+  out = tmp_path / "out"
+  assert cli.main(["--arch", "rrdbnet", "--preset", "esrgan-x4", "--src", str(tmp_path / "w.npz"),
+                   "--out", str(out), "--set", "num_feat=4", "--set", "num_block=1",
+                   "--set", "num_grow_ch=2"]) == 0
+  written = json.loads((out / "config.json").read_text())
+  assert written["model"]["name"] == "rrdbnet" and written["model"]["num_feat"] == 4
+  assert cfg.num_feat == 64  # the preset itself is untouched

@@ -2,7 +2,8 @@
 
 Faithful to the official `NAFNet_arch.py`: LayerNorm over channels (eps 1e-6), SimpleGate, simplified
 channel attention, zero-initialised beta/gamma residual scales, stride-2 2x2 conv down, 1x1 conv +
-PixelShuffle up, zero padding to a multiple of 2**len(enc_blocks), and a global residual.
+PixelShuffle up, zero padding to a multiple of 2**len(enc_blocks), a global residual, and NAFNetLocal's
+test-time local statistics (`tlsc_size`). `PRESETS` holds the official configurations.
 """
 
 from typing import Any, Optional, Sequence
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from restorejax.models import prior_concat, stack
-from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle  # noqa: F401 (re-exported)
+from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle
 
 # Official configurations (megvii-research/NAFNet options/test/*/NAFNet-*.yml) as `config.model` values.
 # GoPro/REDS are tested with NAFNetLocal (TLSC, 1.5 x the 256 training crop); SIDD with plain NAFNet.

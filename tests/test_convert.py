@@ -190,7 +190,10 @@ def state_dict(arch, seed=0, fill=None, **kw):
 
 @functools.lru_cache(maxsize=None)
 def forward(arch, **overrides):
-  return jax.jit(models.build(tiny_cfg(arch, **overrides)).apply)
+  # Run a few times on tiny inputs: compile time matters, XLA CPU's optimisations do not.
+  return jax.jit(models.build(tiny_cfg(arch, **overrides)).apply,
+                 compiler_options={"xla_backend_optimization_level": 0,
+                                   "xla_llvm_disable_expensive_passes": True})
 
 
 def image(arch, seed=0):

@@ -11,7 +11,8 @@ reflect-padded to a multiple of the window, as the official model does, and the 
 For SR (`upscale` > 1) the model takes the low-resolution image and returns it `upscale` times larger:
 `model(lr)` of shape (B, h, w, C) -> (B, h * upscale, w * upscale, C).
 
-Not ported: stochastic depth and dropout (train-time only, identity at inference) and the absolute
+The window never shrinks to the image: the official model does so only when its training patch is not
+larger than the window, which no official configuration has. Not ported: stochastic depth and dropout (train-time only, identity at inference) and the absolute
 position embedding (`ape`, off in every official model).
 """
 
@@ -67,17 +68,19 @@ def window_reverse(x: jnp.ndarray, window: int, b: int, h: int, w: int) -> jnp.n
   return x.reshape(b, h, w, -1)
 
 
+def shifted_window_labels(h: int, w: int, window: int, shift: int, xp=jnp):
+  """(nW, N) region of each token of each window after the cyclic shift: tokens of different regions
+  were not neighbours before the roll. Built from iota at run time, so large images embed no mask."""
+  label = lambda n: (xp.arange(n) >= n - window).astype(xp.int32) + (xp.arange(n) >= n - shift).astype(
+      xp.int32)
+  regions = label(h)[:, None] * 3 + label(w)[None, :]
+  return window_partition(regions[None, :, :, None], window)[..., 0]
+
+
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
-  """(nW, N, N) additive mask: -100 between tokens that came from different regions before the roll."""
-  img = np.zeros((1, h, w, 1), np.float32)
-  cnt = 0
-  for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-    for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-      img[:, hs, ws, :] = cnt
-      cnt += 1
-  win = np.asarray(window_partition(img, window))[..., 0]
-  diff = win[:, None, :] - win[:, :, None]
-  return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+  """(nW, N, N) additive mask, the official `attn_mask`: -100 between tokens of different regions."""
+  labels = np.asarray(shifted_window_labels(h, w, window, shift, xp=np))
+  return np.where(labels[:, None, :] != labels[:, :, None], -100.0, 0.0).astype(np.float32)
 
 
 class WindowAttention(nn.Module):
@@ -88,8 +91,8 @@ class WindowAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask):
-    """x: (B * nW, N, C) windows; mask: None or (nW, N, N)."""
+  def __call__(self, x, labels):
+    """x: (B * nW, N, C) windows; labels: None or (nW, N) shifted-window regions (masked across)."""
     bw, n, c = x.shape
     hd = c // self.num_heads
     scale = self.qk_scale or hd ** -0.5
@@ -103,9 +106,10 @@ class WindowAttention(nn.Module):
     attn = jnp.einsum("bhnd,bhmd->bhnm", q, k, preferred_element_type=jnp.float32)
     bias = table[relative_position_index(self.window_size).reshape(-1)].reshape(n, n, -1)
     attn = attn + bias.transpose(2, 0, 1)[None]
-    if mask is not None:
-      nw = mask.shape[0]
-      attn = attn.reshape(bw // nw, nw, self.num_heads, n, n) + jnp.asarray(mask)[None, :, None]
+    if labels is not None:
+      nw = labels.shape[0]
+      mask = jnp.where(labels[:, :, None] != labels[:, None, :], -100.0, 0.0)
+      attn = attn.reshape(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]
       attn = attn.reshape(bw, self.num_heads, n, n)
     attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
     x = jnp.einsum("bhnm,bhmd->bnhd", attn, v).reshape(bw, n, c)
@@ -131,9 +135,9 @@ class SwinBlock(nn.Module):
     y = norm("norm1")(x)
     if s:
       y = jnp.roll(y, (-s, -s), axis=(1, 2))
-    mask = shifted_window_mask(h, w, ws, s) if s else None
+    labels = shifted_window_labels(h, w, ws, s) if s else None
     y = WindowAttention(self.num_heads, ws, self.qkv_bias, self.qk_scale, self.dtype, name="attn")(
-        window_partition(y, ws), mask)
+        window_partition(y, ws), labels)
     y = window_reverse(y, ws, b, h, w)
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))

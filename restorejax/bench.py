@@ -61,7 +61,10 @@ class StepBench:
     t0 = time.perf_counter()
     self.step = step.lower(self.state, self.batch, self.aux).compile()
     self.compile_s = time.perf_counter() - t0
-    self.flops = throughput.compiled_flops(self.step)
+    self.flops = throughput.step_flops(
+        lambda t: train.make_train_step(t, tx, lr, config),
+        lambda t: train._init_state(t, tx, jax.random.PRNGKey(0)),  # pylint: disable=protected-access
+        task, self.batch, self.aux) / jax.device_count()
     self.peak = throughput.peak_flops(override=config.peak_flops_per_device)
     self.times: list[float] = []
 

@@ -262,7 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t0 = time.time()
   compiled = train_step.lower(abstract, batch_spec, aux).compile()
   compile_s = time.time() - t0
-  flops = throughput.compiled_flops(compiled)   # per device
+  flops = throughput.step_flops(
+      lambda t: make_train_step(t, tx, lr_schedule, config),
+      lambda t: _init_state(t, tx, jax.random.PRNGKey(0)), task, batch_spec, aux) / jax.device_count()
   peak = throughput.peak_flops(override=config.peak_flops_per_device)
   logging.info("Train step compiled in %.1fs; %.3g FLOPs per device per step.", compile_s, flops)
   writer.write_scalars(first_step, {"train/compile_s": compile_s})

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import prior_concat, stack
+from restorejax.models import convs, prior_concat, stack
 from restorejax.models.torch_compat import TORCH_INIT, pad_to_multiple, pixel_shuffle, pixel_unshuffle
 
 _SIZES = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
@@ -54,6 +54,11 @@ def layer_norm(kind: str, dtype, name: str) -> nn.Module:
 
 
 def _conv(features, k, *, bias, dtype, name, groups=1):
+  """nn.Conv's parameters; 1x1 and depthwise in the forms of `convs` (fast on XLA:CPU too)."""
+  if k == 1 and groups == 1:
+    return convs.PointwiseConv(features, use_bias=bias, dtype=dtype, kernel_init=TORCH_INIT, name=name)
+  if groups == features and k % 2 == 1:
+    return convs.DepthwiseConv(k, use_bias=bias, dtype=dtype, kernel_init=TORCH_INIT, name=name)
   return nn.Conv(features, (k, k), padding=k // 2, use_bias=bias, feature_group_count=groups,
                  dtype=dtype, kernel_init=TORCH_INIT, name=name)
 

@@ -54,6 +54,12 @@ def test_nonfinite_loss_skips_the_update_and_is_counted(setup):
 def test_ema_follows_the_params(setup):
   _, state, step, batch = setup
   new, _ = step(state, batch, {})
+  d = 1.0 / 10.0  # warm-up at step 0: min(0.9, (1 + 0) / (10 + 0))
+  expect = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params, new.params)
+  for a, b in zip(jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(new.ema_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  state = new.replace(step=jnp.int32(1000))  # past the warm-up: the configured decay
+  new, _ = step(state, batch, {})
   expect = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new.params)
   for a, b in zip(jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(new.ema_params)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

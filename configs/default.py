@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in ("default", "tiny"):
     raise ValueError(f"configs/default.py: unknown variant {variant!r} (known: default, tiny)")
   c = ml_collections.ConfigDict()
+  c.task = "restoration"                # see restorejax/tasks
   c.seed = 0
   c.total_steps = 2500
   c.log_every = 50

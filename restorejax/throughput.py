@@ -1,4 +1,12 @@
-"""FLOPs of a compiled step (XLA's own cost analysis) and model FLOPs utilisation against device peaks."""
+"""FLOPs of a train step (XLA's own cost analysis) and model FLOPs utilisation against device peaks.
+
+XLA counts the body of a loop once, so a network whose repeated blocks are scanned would report a
+fraction of its FLOPs: `step_flops` lowers (without compiling) a copy of the step whose model is unrolled,
+and reads the cost of the whole, unpartitioned program.
+"""
+
+import copy
+from typing import Any, Callable
 
 import jax
 
@@ -29,9 +37,32 @@ def peak_flops(device=None, override: float = 0.0) -> float:
   return 0.0
 
 
-def compiled_flops(compiled) -> float:
-  """FLOPs of one execution of a compiled function on one device, from XLA's cost analysis (0 if absent)."""
-  cost = compiled.cost_analysis()
+def _flops(cost) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))
+
+
+def unrolled(task: Any) -> Any:
+  """A shallow copy of a task whose model does not scan (same parameters, same FLOPs, countable)."""
+  if not getattr(task.model, "scan", False):
+    return task
+  out = copy.copy(task)
+  out.model = task.model.clone(scan=False)
+  return out
+
+
+def step_flops(make_step: Callable[[Any], Callable], init_state: Callable[[Any], Any], task: Any,
+               batch: Any, aux: Any) -> float:
+  """FLOPs of one global train step, all devices together (0 if XLA reports none).
+
+  `make_step(task)` builds the step function and `init_state(task)` its state (only its shapes are used),
+  so both can follow the unrolled copy of the task.
+  """
+  task = unrolled(task)
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  try:
+    state = jax.eval_shape(lambda: init_state(task))
+    return _flops(jax.jit(make_step(task)).lower(state, shapes(batch), shapes(aux)).cost_analysis())
+  except Exception:  # pylint: disable=broad-except  (a missing estimate must not stop a run)
+    return 0.0

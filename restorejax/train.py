@@ -1,10 +1,10 @@
 """The trainer: one readable loop in labelled sections (run directory, mesh, data, model, state, step,
 restore, loop, final evaluation).
 
-`train_and_evaluate(config, workdir)` is the whole run. The step functions (`make_train_step`,
-`make_eval_step`) are pure and testable alone. Nothing here mentions a device kind: the mesh and the
-sharding rules come from the config, so the same run works on one CPU, simulated devices, several
-processes, a GPU node or a TPU pod.
+`train_and_evaluate(config, workdir)` is the whole run; what is trained (network, loss, evaluation) comes
+from the task (`restorejax.tasks`), everything else is here. `make_train_step` is pure and testable alone.
+Nothing here mentions a device kind: the mesh and the sharding rules come from the config, so the same run
+works on one CPU, simulated devices, several processes, a GPU node or a TPU pod.
 """
 
 import functools
@@ -13,9 +13,7 @@ import signal
 import time
 from typing import Any, Callable, Optional
 
-import dm_pix
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +23,7 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from restorejax import checkpoint, losses, models, optim, reporting, sharding, throughput
+from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
 from restorejax.data import degrade, pipeline
 
 
@@ -65,8 +63,8 @@ def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Ar
 # Step functions.
 # ----------------------------------------------------------------------------------------------------
 
-def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule, config: ml_collections.ConfigDict) -> Callable:
+def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict) -> Callable:
   """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
   degrade_fn = degrade.from_config(config.data.degrade)
   key = data_key(config, "train")
@@ -75,12 +73,8 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
   def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any]):
     batch = prepare_batch(batch, degrade_fn, key)
     step_rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_of(params):
-      restored = model.apply({"params": params}, batch["degraded"], batch.get("prior"))
-      return loss_fn(restored, batch, {**aux, "rng": step_rng})
-
-    (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, terms), grads = jax.value_and_grad(
+        lambda p: task.loss(p, batch, step_rng, aux), has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -107,60 +101,6 @@ def make_train_step(model: nn.Module, loss_fn: Callable, tx: optax.GradientTrans
     return new_state, metrics
 
   return train_step
-
-
-def make_eval_step(model: nn.Module) -> Callable:
-  """`eval_step(params, batch) -> (per-image metrics, restored)`; outputs rounded to 8 bits, as saved."""
-
-  def eval_step(params, batch):
-    restored = model.apply({"params": params}, batch["degraded"], batch.get("prior"))
-    restored = degrade.quantize(restored)
-    return {
-        "psnr": dm_pix.psnr(restored, batch["target"]),
-        "ssim": dm_pix.ssim(restored, batch["target"]),
-        "input_psnr": dm_pix.psnr(batch["degraded"], batch["target"]),
-        "input_ssim": dm_pix.ssim(batch["degraded"], batch["target"]),
-    }, restored
-
-  return eval_step
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation on the held-out set, sharded over the batch axes of the mesh.
-# ----------------------------------------------------------------------------------------------------
-
-class Evaluator:
-  """The fixed held-out set, degraded once on the device, evaluated in batches with the EMA params."""
-
-  def __init__(self, config, model, mesh, batch_sharding):
-    examples = pipeline.eval_examples(config)
-    n = len(examples["index"])
-    bs = config.eval.batch_size
-    self.num_examples = n
-    pad = -n % bs
-    examples = {k: np.concatenate([v, v[:pad]]) if pad else v for k, v in examples.items()}
-    examples["mask"] = np.arange(n + pad) < n
-    degrade_fn = degrade.from_config(config.data.degrade)
-    prep = jax.jit(functools.partial(prepare_batch, degrade_fn=degrade_fn, key=data_key(config, "eval")),
-                   out_shardings=batch_sharding)
-    self.batches = []
-    for i in range(0, n + pad, bs):
-      chunk = {k: v[i:i + bs] for k, v in examples.items()}
-      self.batches.append(prep(sharding.replicated_to_global(chunk, batch_sharding)))
-    self.step = jax.jit(make_eval_step(model), out_shardings=(batch_sharding, batch_sharding))
-
-  def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
-    per_image, first = [], None
-    for batch in self.batches:
-      metrics, restored = self.step(params, batch)
-      per_image.append(sharding.to_host(metrics))
-      if first is None:
-        first = (batch["degraded"], restored, batch["target"])
-    mask = np.concatenate([sharding.to_host(b["mask"]) for b in self.batches])
-    results = {f"eval/{k}": float(np.mean(np.concatenate([p[k] for p in per_image])[mask]))
-               for k in per_image[0]}
-    grid = reporting.image_grid(*[sharding.to_host(x) for x in first])
-    return results, grid
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,12 +148,31 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
 
 
-def _init_state(model, tx, config, rng) -> TrainState:
+def _init_state(task, tx, rng) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
-  p = config.data.patch_size
-  params = model.init(init_rng, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
+  params = task.init_params(init_rng)
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema_params=params,
                     rng=state_rng, nonfinite=jnp.int32(0), nonfinite_run=jnp.int32(0))
+
+
+def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainState]:
+  """Shapes first: `(init_fn, abstract state carrying shardings, state shardings)` for `mesh`.
+
+  Parameters (and EMA, and the optimizer's parameter-shaped moments) follow the config's sharding
+  rules; scalars are replicated.
+  """
+  repl = sharding.replicated(mesh)
+  init_fn = functools.partial(_init_state, task, tx)
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
+  param_sh = sharding.param_shardings(shapes.params, config, mesh)
+  state_sh = TrainState(
+      step=repl, params=param_sh,
+      opt_state=optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, param_sh,
+                                      transform_non_params=lambda _: repl),
+      ema_params=param_sh, rng=repl, nonfinite=repl, nonfinite_run=repl)
+  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    shapes, state_sh)
+  return init_fn, abstract, state_sh
 
 
 def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
@@ -261,28 +220,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("Mesh %s over %d devices in %d processes.", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
-  # --- Model, losses, optimizer ---------------------------------------------------------------------
-  model = models.build(config.model)
-  loss_fn = losses.build(config.losses)
+  # --- Task (network, loss, evaluation) and optimizer ------------------------------------------------
+  task = tasks.build(config)
   tx, lr_schedule = optim.build(config.optim, config.total_steps)
 
   # --- Data -----------------------------------------------------------------------------------------
   train_ds = pipeline.train_dataset(config, process_index=jax.process_index(),
                                     process_count=jax.process_count())
   data_iter = iter(train_ds)
-  evaluator = Evaluator(config, model, mesh, batch_sh)
+  evaluator = task.evaluator(mesh, batch_sh)
 
   # --- State: shapes first, then params born sharded ------------------------------------------------
-  init_fn = functools.partial(_init_state, model, tx, config)
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
-  param_sh = sharding.param_shardings(abstract.params, config, mesh)
-  state_sh = TrainState(
-      step=repl, params=param_sh,
-      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
-                                      transform_non_params=lambda _: repl),
-      ema_params=param_sh, rng=repl, nonfinite=repl, nonfinite_run=repl)
-  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    abstract, state_sh)
+  init_fn, abstract, state_sh = abstract_state(task, tx, config, mesh)
 
   # --- Restore or initialise ------------------------------------------------------------------------
   mgr = checkpoint.manager(workdir, config)
@@ -292,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
     if config.init_from:
-      state = _warm_start(state, config.init_from, param_sh)
+      state = _warm_start(state, config.init_from, state_sh.params)
       logging.info("Parameters warm-started from %s.", config.init_from)
   first_step = int(state.step)
   if first_step == 0:
@@ -301,9 +250,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         include_stats=False)
 
   # --- Compile the step (once, with explicit shardings and the state donated) -----------------------
-  aux: dict[str, Any] = {}
-  train_step = jax.jit(make_train_step(model, loss_fn, tx, lr_schedule, config),
-                       in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+  aux_sh = sharding.param_shardings(task.aux, config, mesh)
+  aux = sharding.replicated_to_global(task.aux, aux_sh)
+  train_step = jax.jit(make_train_step(task, tx, lr_schedule, config),
+                       in_shardings=(state_sh, batch_sh, aux_sh), out_shardings=(state_sh, repl),
                        donate_argnums=(0,))
   host_spec = pipeline.batch_spec(config, config.data.batch_size // jax.process_count())
   batch_spec = jax.tree_util.tree_map(
@@ -312,7 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t0 = time.time()
   compiled = train_step.lower(abstract, batch_spec, aux).compile()
   compile_s = time.time() - t0
-  flops = throughput.compiled_flops(compiled)   # per device
+  flops = throughput.step_flops(
+      lambda t: make_train_step(t, tx, lr_schedule, config),
+      lambda t: _init_state(t, tx, jax.random.PRNGKey(0)), task, batch_spec, aux) / jax.device_count()
   peak = throughput.peak_flops(override=config.peak_flops_per_device)
   logging.info("Train step compiled in %.1fs; %.3g FLOPs per device per step.", compile_s, flops)
   writer.write_scalars(first_step, {"train/compile_s": compile_s})
@@ -372,9 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.eval_every == 0 or step == config.total_steps:
         flush_pending()
         eval_start = time.time()
-        eval_results, grid = evaluator(state.ema_params)
+        eval_results, eval_images = evaluator(state.ema_params)
         writer.write_scalars(step, eval_results)
-        writer.write_images(step, {"eval/degraded_restored_target": grid})
+        writer.write_images(step, eval_images)
         logging.info("Step %d: %s (%.1fs)", step, eval_results, time.time() - eval_start)
         interval_start, interval_steps = time.time(), 0
       if step % config.checkpoint_every == 0 or step == config.total_steps:

@@ -128,6 +128,7 @@ def test_two_processes_through_the_launch_script_agree_with_one(reference, tmp_p
     (("--config.optim.lrr=0.1",), "optim.lrr"),
     (("--config.model.name=unet3000",), "config.model.name: unknown model 'unet3000'"),
     (("--config.data.degrade.name=fog",), "config.data.degrade.name: unknown degradation 'fog'"),
+    (("--config.task=colourise",), "config.task: unknown task 'colourise'"),
 ])
 def test_user_mistakes_give_one_line_errors(tmp_path, args, message):
   proc = run_main(str(tmp_path / "w"), *args, check=False, timeout=300)

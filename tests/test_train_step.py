@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from restorejax import losses, models, optim, train
+from restorejax import optim, tasks, train
 from restorejax.data import degrade, pipeline
 from conftest import tiny_config
 
@@ -15,10 +15,10 @@ from conftest import tiny_config
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config(**{"optim.ema_decay": 0.9, "optim.warmup_steps": 0})
-  model = models.build(config.model)
+  task = tasks.build(config)
   tx, lr = optim.build(config.optim, 100)
-  state = jax.jit(functools.partial(train._init_state, model, tx, config))(jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(model, losses.build(config.losses), tx, lr, config))
+  state = jax.jit(functools.partial(train._init_state, task, tx))(jax.random.PRNGKey(0))
+  step = jax.jit(train.make_train_step(task, tx, lr, config))
   batch = next(iter(pipeline.train_dataset(config)))
   return config, state, step, batch
 

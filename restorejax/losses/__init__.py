@@ -37,8 +37,27 @@ def default_config(**weights: float) -> ml_collections.ConfigDict:
       {name: {"weight": float(weights.get(name, 0.0)), **term_options(name)} for name in TERMS})
 
 
-def build(cfg: ml_collections.ConfigDict) -> Callable[..., tuple[jnp.ndarray, dict[str, jnp.ndarray]]]:
-  """`config.losses` -> `loss(restored, batch, aux) -> (total, {name: term value})`."""
+# Terms that need frozen models or tables: name -> fn(options) -> pytree of host arrays, given to the
+# term as `aux[name]` (it lives outside the train state and is never updated).
+AUX_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+class WeightedLoss:
+  """`loss(restored, batch, aux) -> (total, {name: unweighted term value})`; `.aux` holds what terms need."""
+
+  def __init__(self, active: list[tuple[str, float, dict[str, Any]]], aux: dict[str, Any]):
+    self.active = active
+    self.aux = aux
+
+  def __call__(self, restored, batch, aux=None):
+    restored = restored.astype(jnp.float32)
+    terms = {name: TERMS[name](restored, batch, aux=aux, **opts) for name, _, opts in self.active}
+    total = sum(w * terms[name] for name, w, _ in self.active)
+    return total, terms
+
+
+def build(cfg: ml_collections.ConfigDict) -> WeightedLoss:
+  """`config.losses` -> the weighted sum of its non-zero terms (and their frozen `aux` inputs)."""
   active = []
   for name, block in cfg.items():
     if name not in TERMS:
@@ -56,11 +75,5 @@ def build(cfg: ml_collections.ConfigDict) -> Callable[..., tuple[jnp.ndarray, di
       active.append((name, weight, options))
   if not active:
     raise ValueError("config.losses: every term has weight 0; give at least one a non-zero weight")
-
-  def loss(restored, batch, aux=None):
-    restored = restored.astype(jnp.float32)
-    terms = {name: TERMS[name](restored, batch, aux=aux, **opts) for name, _, opts in active}
-    total = sum(w * terms[name] for name, w, _ in active)
-    return total, terms
-
-  return loss
+  aux = {name: AUX_BUILDERS[name](**opts) for name, _, opts in active if name in AUX_BUILDERS}
+  return WeightedLoss(active, aux)

@@ -3,7 +3,8 @@
 An explicit table of names -> (module, class), imported lazily, so that an optional heavy network never
 breaks `import restorejax`. Every network is a Flax Linen module called as `model(degraded, prior=None)`
 on NHWC float images in [0, 1], agnostic of sharding. The config block holds `name` plus the module's
-own fields.
+own fields; each network module's `PRESETS` maps its official configurations to such field values
+(`restorejax.convert.preset_config(name, preset)` builds the block).
 """
 
 import dataclasses
@@ -14,6 +15,10 @@ import ml_collections
 
 MODELS = {
     "nafnet": ("restorejax.models.nafnet", "NAFNet"),
+    "restormer": ("restorejax.models.restormer", "Restormer"),
+    "swinir": ("restorejax.models.swinir", "SwinIR"),
+    "rrdbnet": ("restorejax.models.rrdbnet", "RRDBNet"),
+    "dehazenet": ("restorejax.models.dehazenet", "DehazeNet"),
 }
 
 

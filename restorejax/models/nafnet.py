@@ -2,18 +2,31 @@
 
 Faithful to the official `NAFNet_arch.py`: LayerNorm over channels (eps 1e-6), SimpleGate, simplified
 channel attention, zero-initialised beta/gamma residual scales, stride-2 2x2 conv down, 1x1 conv +
-PixelShuffle up, zero padding to a multiple of 2**len(enc_blocks), and a global residual.
+PixelShuffle up, zero padding to a multiple of 2**len(enc_blocks), a global residual, and NAFNetLocal's
+test-time local statistics (`tlsc_size`). `PRESETS` holds the official configurations.
 """
 
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from restorejax.models import stack
+from restorejax.models import convs, prior_concat, stack
+from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle
 
-# PyTorch's default conv init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-TORCH_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Official configurations (megvii-research/NAFNet options/test/*/NAFNet-*.yml) as `config.model` values.
+# GoPro/REDS are tested with NAFNetLocal (TLSC, 1.5 x the 256 training crop); SIDD with plain NAFNet.
+PRESETS = {
+    "sidd-width32": dict(width=32, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2)),
+    "sidd-width64": dict(width=64, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2)),
+    "gopro-width32": dict(width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1),
+                          tlsc_size=384),
+    "gopro-width64": dict(width=64, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1),
+                          tlsc_size=384),
+    "reds-width64": dict(width=64, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1),
+                         tlsc_size=384),
+}
 
 
 def simple_gate(x: jnp.ndarray) -> jnp.ndarray:
@@ -21,12 +34,17 @@ def simple_gate(x: jnp.ndarray) -> jnp.ndarray:
   return a * b
 
 
-def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
-  """torch.nn.PixelShuffle in NHWC: input channel c*r*r + i*r + j goes to output pixel (h*r+i, w*r+j)."""
-  b, h, w, c = x.shape
-  x = x.reshape(b, h, w, c // (r * r), r, r)
-  x = x.transpose(0, 1, 4, 2, 5, 3)
-  return x.reshape(b, h * r, w * r, c // (r * r))
+def local_mean(x: jnp.ndarray, window: int) -> jnp.ndarray:
+  """The SCA pooling: the global channel mean, or with `window` > 0 and smaller than the feature map, the
+  official TLSC local mean (valid `window` x `window` box average, edge-padded back to full size)."""
+  _, h, w, _ = x.shape
+  if window <= 0 or (window >= h and window >= w):
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+  k1, k2 = min(h, window), min(w, window)
+  s = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, k1, k2, 1), (1, 1, 1, 1), "VALID")
+  s = s / (k1 * k2)
+  dh, dw = h - s.shape[1], w - s.shape[2]
+  return jnp.pad(s, ((0, 0), (dh // 2, (dh + 1) // 2), (dw // 2, (dw + 1) // 2), (0, 0)), mode="edge")
 
 
 class NAFBlock(nn.Module):
@@ -34,28 +52,28 @@ class NAFBlock(nn.Module):
 
   dw_expand: int = 2
   ffn_expand: int = 2
+  pool_window: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inp):
     c = inp.shape[-1]
     dw = c * self.dw_expand
-    conv = lambda f, k, name, **kw: nn.Conv(
-        f, (k, k), padding=k // 2, dtype=self.dtype, kernel_init=TORCH_INIT, name=name, **kw)
+    conv = lambda f, name: convs.PointwiseConv(f, dtype=self.dtype, kernel_init=TORCH_INIT, name=name)
     norm = lambda name: nn.LayerNorm(
         epsilon=1e-6, use_fast_variance=False, dtype=self.dtype, name=name)
 
     x = norm("norm1")(inp)
-    x = conv(dw, 1, "conv1")(x)
-    x = conv(dw, 3, "conv2", feature_group_count=dw)(x)
+    x = conv(dw, "conv1")(x)
+    x = convs.DepthwiseConv(3, dtype=self.dtype, kernel_init=TORCH_INIT, name="conv2")(x)
     x = simple_gate(x)
-    x = x * conv(dw // 2, 1, "sca")(jnp.mean(x, axis=(1, 2), keepdims=True))
-    x = conv(c, 1, "conv3")(x)
+    x = x * conv(dw // 2, "sca")(local_mean(x, self.pool_window))
+    x = conv(c, "conv3")(x)
     y = inp + x * self.param("beta", nn.initializers.zeros, (c,)).astype(self.dtype)
 
-    x = conv(c * self.ffn_expand, 1, "conv4")(norm("norm2")(y))
+    x = conv(c * self.ffn_expand, "conv4")(norm("norm2")(y))
     x = simple_gate(x)
-    x = conv(c, 1, "conv5")(x)
+    x = conv(c, "conv5")(x)
     return y + x * self.param("gamma", nn.initializers.zeros, (c,)).astype(self.dtype)
 
 
@@ -69,6 +87,10 @@ class NAFNet(nn.Module):
     fusion: how a prior enters: 'none' ignores it, 'concat' adds its channels to the input (zeros when
       absent, so the same parameters serve batches with and without priors).
     dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32, the output is float32.
+    tlsc_size: test-time local statistics (NAFNetLocal): the SCA mean becomes a local box mean of
+      `tlsc_size // 2**level` pixels at each level, so images larger than the training crops see the
+      statistics they were trained on; 0 = global mean (official SIDD). Official GoPro/REDS: 384 (1.5 x
+      the 256 crop), which equals the global mean on 256 crops, so it is safe in training too.
     scan / remat: compile each stage's blocks once / recompute activations in the backward pass.
   """
 
@@ -79,6 +101,7 @@ class NAFNet(nn.Module):
   dec_blocks: Sequence[int] = (1, 1, 1, 1)
   dw_expand: int = 2
   ffn_expand: int = 2
+  tlsc_size: int = 0
   fusion: str = "none"
   dtype: str = "float32"
   scan: bool = True
@@ -86,8 +109,7 @@ class NAFNet(nn.Module):
 
   @nn.compact
   def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    if self.fusion not in ("none", "concat"):
-      raise ValueError(f"model.fusion: unknown mode {self.fusion!r} (known: 'none', 'concat')")
+    prior_concat.check(self.fusion)
     if len(self.enc_blocks) != len(self.dec_blocks):
       raise ValueError(
           f"model.enc_blocks {tuple(self.enc_blocks)} and model.dec_blocks {tuple(self.dec_blocks)} "
@@ -97,31 +119,29 @@ class NAFNet(nn.Module):
     mult = 2 ** len(self.enc_blocks)
     pad = ((0, 0), (0, -h % mult), (0, -w % mult), (0, 0))
     inp = jnp.pad(degraded, pad)
-    x = inp
-    if self.fusion == "concat":
-      prior = jnp.zeros_like(degraded) if prior is None else prior
-      x = jnp.concatenate([x, jnp.pad(prior.astype(x.dtype), pad)], axis=-1)
+    x = jnp.pad(prior_concat.append(degraded, prior, fusion=self.fusion, channels=self.channels), pad)
 
-    blocks = lambda n, x, name: stack.repeat(
+    blocks = lambda n, x, name, level: stack.repeat(
         NAFBlock, n, x, name=name, scan=self.scan, remat=self.remat,
-        dw_expand=self.dw_expand, ffn_expand=self.ffn_expand, dtype=dtype)
+        dw_expand=self.dw_expand, ffn_expand=self.ffn_expand, dtype=dtype,
+        pool_window=self.tlsc_size // 2 ** level if self.tlsc_size > 0 else 0)
     x = nn.Conv(self.width, (3, 3), padding=1, dtype=dtype, kernel_init=TORCH_INIT, name="intro")(
         x.astype(dtype))
     skips = []
     chan = self.width
     for i, n in enumerate(self.enc_blocks):
-      x = blocks(n, x, f"encoders_{i}")
+      x = blocks(n, x, f"encoders_{i}", i)
       skips.append(x)
       chan *= 2
       x = nn.Conv(chan, (2, 2), strides=2, padding="VALID", dtype=dtype, kernel_init=TORCH_INIT,
                   name=f"downs_{i}")(x)
-    x = blocks(self.middle_blocks, x, "middle_blks")
+    x = blocks(self.middle_blocks, x, "middle_blks", len(self.enc_blocks))
     for i, (n, skip) in enumerate(zip(self.dec_blocks, reversed(skips))):
-      x = nn.Conv(chan * 2, (1, 1), use_bias=False, dtype=dtype, kernel_init=TORCH_INIT,
-                  name=f"ups_{i}")(x)
+      x = convs.PointwiseConv(chan * 2, use_bias=False, dtype=dtype, kernel_init=TORCH_INIT,
+                              name=f"ups_{i}")(x)
       x = pixel_shuffle(x, 2)
       chan //= 2
-      x = blocks(n, x + skip, f"decoders_{i}")
+      x = blocks(n, x + skip, f"decoders_{i}", len(self.dec_blocks) - 1 - i)
     x = nn.Conv(self.channels, (3, 3), padding=1, dtype=dtype, kernel_init=TORCH_INIT,
                 name="ending")(x)
     x = x.astype(jnp.float32) + inp.astype(jnp.float32)

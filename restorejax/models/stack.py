@@ -2,12 +2,16 @@
 
 Every network in the zoo builds its stages with `repeat`, so the compute dtype, rematerialisation and scan
 options behave the same everywhere. With `scan=True` the parameters of the N blocks are stacked along a
-leading axis (`<name>/block/<param>` of shape `(N, ...)`); unrolled, they are `<name>_<i>/<param>`.
+leading axis (`<name>/<param>` of shape `(N, ...)`); unrolled, they are `<name>_<i>/<param>`.
+`scan_params` / `unroll_params` move a params tree between the two layouts.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def repeat(
@@ -40,3 +44,40 @@ def repeat(
   )
   x, _ = scanned(cls(name=name, **kwargs), x, None)
   return x
+
+
+def scan_params(unrolled: Any, scanned_template: Any) -> Any:
+  """An unrolled params tree (`<name>_<i>/...`) in the scan layout of `scanned_template` (`<name>/...`
+  with a leading block axis); a template shape is all it needs (e.g. from jax.eval_shape)."""
+  if not isinstance(scanned_template, Mapping):
+    return unrolled
+  out = {}
+  for key, sub in scanned_template.items():
+    if key in unrolled:
+      out[key] = scan_params(unrolled[key], sub)
+      continue
+    blocks = []
+    while f"{key}_{len(blocks)}" in unrolled:
+      blocks.append(unrolled[f"{key}_{len(blocks)}"])
+    if not blocks:
+      raise ValueError(f"params: no {key!r} or {key}_0 to stack")
+    xp = np if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(blocks)) else jnp
+    stacked = jax.tree.map(lambda *leaves: xp.stack(leaves), *blocks)
+    out[key] = scan_params(stacked, sub)
+  return out
+
+
+def unroll_params(scanned: Any, unrolled_template: Any) -> Any:
+  """The inverse of `scan_params`: a scan-layout tree in the unrolled layout of `unrolled_template`."""
+  if not isinstance(unrolled_template, Mapping):
+    return scanned
+  out = {}
+  for key, sub in unrolled_template.items():
+    if key in scanned:
+      out[key] = unroll_params(scanned[key], sub)
+      continue
+    base, _, index = key.rpartition("_")
+    if base not in scanned or not index.isdigit():
+      raise ValueError(f"params: no {key!r} or stacked {base!r} to take it from")
+    out[key] = unroll_params(jax.tree.map(lambda leaf: leaf[int(index)], scanned[base]), sub)
+  return out

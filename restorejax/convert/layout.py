@@ -1,0 +1,154 @@
+"""From an official PyTorch state dict to our Flax params: weight layouts, key accounting, final checks.
+
+A converter reads keys through a `Reader`, which transposes PyTorch layouts (conv OIHW -> HWIO, linear
+(out, in) -> (in, out)) and remembers what was read. `finish` then fails, naming them, if any official key
+was left unread or any expected key was missing, checks every array against the shapes our model expects
+(so a wrong preset is an error naming the parameter) and returns the tree in the model's scan or unrolled
+layout.
+"""
+
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from restorejax import models
+from restorejax.models import stack
+
+
+class Reader:
+  """Hands out the arrays of a state dict in Flax layouts and records which keys were used or missing."""
+
+  def __init__(self, state_dict: Mapping[str, np.ndarray]):
+    self.state = dict(state_dict)
+    self.used: set[str] = set()
+    self.missing: list[str] = []
+
+  def has(self, key: str) -> bool:
+    return key in self.state
+
+  def take(self, key: str) -> Optional[np.ndarray]:
+    """The array under `key` as float32 (None, recorded as missing, when absent)."""
+    if key not in self.state:
+      self.missing.append(key)
+      return None
+    self.used.add(key)
+    return np.asarray(self.state[key], dtype=np.float32)
+
+  def skip(self, key: str, check: Optional[Callable[[np.ndarray], Optional[str]]] = None) -> None:
+    """Marks a derived buffer as read; `check(array)` returns an error message when it is not as derived."""
+    if key not in self.state:
+      return
+    self.used.add(key)
+    if check is not None:
+      problem = check(np.asarray(self.state[key]))
+      if problem:
+        raise ValueError(f"state dict key {key!r}: {problem}")
+
+  def conv(self, prefix: str, bias: bool = True) -> dict:
+    """`prefix.weight` (O, I, kh, kw) -> kernel (kh, kw, I, O), plus `prefix.bias`."""
+    w = self.take(f"{prefix}.weight")
+    out = {"kernel": None if w is None else w.transpose(2, 3, 1, 0)}
+    if bias:
+      out["bias"] = self.take(f"{prefix}.bias")
+    return out
+
+  def linear(self, prefix: str, bias: bool = True) -> dict:
+    """`prefix.weight` (out, in) -> kernel (in, out), plus `prefix.bias`."""
+    w = self.take(f"{prefix}.weight")
+    out = {"kernel": None if w is None else w.T}
+    if bias:
+      out["bias"] = self.take(f"{prefix}.bias")
+    return out
+
+  def norm(self, prefix: str, bias: bool = True) -> dict:
+    """LayerNorm `prefix.weight` / `prefix.bias` -> scale / bias (any leading singleton dims dropped)."""
+    w = self.take(f"{prefix}.weight")
+    out = {"scale": None if w is None else w.reshape(-1)}
+    if bias:
+      b = self.take(f"{prefix}.bias")
+      out["bias"] = None if b is None else b.reshape(-1)
+    return out
+
+  def vector(self, key: str) -> Optional[np.ndarray]:
+    """A per-channel parameter stored as (1, C, 1, 1) or (C, 1, 1): flattened to (C,)."""
+    v = self.take(key)
+    return None if v is None else v.reshape(-1)
+
+  def check_complete(self, arch: str) -> None:
+    leftover = sorted(set(self.state) - self.used)
+    problems = []
+    if self.missing:
+      problems.append(f"missing key(s): {', '.join(self.missing)}")
+    if leftover:
+      problems.append(f"unused key(s): {', '.join(leftover)}")
+    if problems:
+      raise ValueError(f"{arch} state dict does not match the model config: " + "; ".join(problems))
+
+
+def blocks(name: str, trees: Iterable[Any]) -> dict:
+  """Per-block trees as the unrolled layout's `<name>_<i>` entries (`finish` restacks them for scan)."""
+  return {f"{name}_{i}": t for i, t in enumerate(trees)}
+
+
+def template(model_cfg: ml_collections.ConfigDict, channels: int, scan: bool) -> Any:
+  """Our params' shapes for `model_cfg` in the scan or unrolled layout (abstract, nothing computed)."""
+  cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+  cfg.scan = scan
+  model = models.build(cfg)
+  x = jax.ShapeDtypeStruct((1, 16, 16, channels), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)["params"]
+
+
+def _pad_prior_inputs(params: dict, tmpl: dict, path: tuple) -> None:
+  """Zero weights for the prior channels of the first conv (fusion='concat'): the converted network
+  then computes the official function and can learn to use the prior by fine-tuning."""
+  node, t = params, tmpl
+  for key in path[:-1]:
+    node, t = node[key], t[key]
+  kernel, want = node[path[-1]], t[path[-1]].shape
+  if kernel.shape[:-2] != want[:-2] or kernel.shape[-1] != want[-1] or kernel.shape[-2] > want[-2]:
+    return  # a genuine mismatch: reported by the shape check
+  extra = np.zeros(kernel.shape[:-2] + (want[-2] - kernel.shape[-2], kernel.shape[-1]), kernel.dtype)
+  node[path[-1]] = np.concatenate([kernel, extra], axis=-2)
+
+
+def _check_shapes(params: Any, tmpl: Any, arch: str) -> None:
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tmpl)}
+  problems = [f"{k} missing" for k in sorted(set(want) - set(flat))]
+  problems += [f"{k} unexpected" for k in sorted(set(flat) - set(want))]
+  problems += [f"{k} has shape {tuple(flat[k].shape)}, the model expects {tuple(want[k].shape)}"
+               for k in sorted(set(flat) & set(want)) if tuple(flat[k].shape) != tuple(want[k].shape)]
+  if problems:
+    raise ValueError(f"{arch}: converted params do not fit the model config: " + "; ".join(problems))
+
+
+def finish(
+    reader: Reader,
+    params: dict,
+    model_cfg: ml_collections.ConfigDict,
+    *,
+    arch: str,
+    channels: int,
+    first_conv: tuple,
+) -> dict:
+  """Checks completeness and shapes; returns params (numpy/jax arrays) in `model_cfg.scan`'s layout.
+
+  `channels` is the input channel count for the template, `first_conv` the path of the kernel that gets
+  zero prior-channel weights under fusion='concat'.
+  """
+  reader.check_complete(arch)
+  unrolled = template(model_cfg, channels, scan=False)
+  if model_cfg.get("fusion", "none") == "concat":
+    _pad_prior_inputs(params, unrolled, first_conv)
+  _check_shapes(params, unrolled, arch)
+  params = jax.tree.map(np.asarray, params)
+  if not model_cfg.get("scan", False):
+    return params
+  scanned = template(model_cfg, channels, scan=True)
+  params = jax.tree.map(np.asarray, stack.scan_params(params, scanned))
+  _check_shapes(params, scanned, arch)
+  return params

@@ -3,8 +3,8 @@
     restorejax-restore --workdir=DIR in.png [more files or folders] --out=OUTDIR
         [--prior=p.png|PRIOR_DIR] [--tile=512] [--overlap=64] [--tile_batch=1]
 
-Each input is written to OUTDIR/<stem>.png with its own size, bit depth (16-bit in, 16-bit out) and
-colour mode: a grey image runs through the network as three equal channels and comes back as the
+Each input is written to OUTDIR/<stem>.png with its own size (times the scale of a super-resolution
+network), bit depth (16-bit in, 16-bit out) and colour mode: a grey image runs through the network as three equal channels and comes back as the
 luminance (BT.601) of the restored RGB; an alpha channel is re-attached unchanged. A folder stands for
 the image files directly in it. `--prior` is one prior image (with one input) or a folder of priors
 paired by stem; a prior is resized (bicubic) to its input's size.
@@ -77,7 +77,7 @@ class Restore:
     if overlap >= tile:
       raise ValueError(f"--overlap={overlap} must be smaller than --tile={tile}")
     run = restorer.load(workdir)
-    self.multiple = run.multiple
+    self.multiple, self.scale = run.multiple, run.scale
     self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
     params = jax.device_put(jax.tree_util.tree_map(np.asarray, run.params), jax.local_devices()[0])
 
@@ -110,11 +110,13 @@ class Restore:
     h, w = px.shape[:2]
     tile, overlap = self.tiles_for(h, w)
     out = tiling.restore_tiled(lambda t: self._apply(t, peak), colour, tile=tile, overlap=overlap,
-                               multiple=self.multiple, batch_size=self.tile_batch)
+                               multiple=self.multiple, scale=self.scale, batch_size=self.tile_batch)
     out = np.clip(out, 0.0, 1.0)
     if image.mode in ("L", "LA"):  # the grey a viewer would make of the restored RGB
       out = (LUMA[0] * out[..., 0] + LUMA[1] * out[..., 1] + LUMA[2] * out[..., 2])[..., None]
     out = np.round(out * peak).astype(px.dtype)
+    if alpha is not None and self.scale > 1:  # super-resolution: alpha enlarged by pixel repetition
+      alpha = alpha.repeat(self.scale, axis=0).repeat(self.scale, axis=1)
     return np.concatenate([out, alpha], axis=-1) if alpha is not None else out
 
 

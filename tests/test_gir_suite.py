@@ -85,7 +85,7 @@ def test_build_is_compose_with_the_documented_keys_and_deterministic(built, tmp_
 def test_harder_ranges_are_harder(built):
   _, suite_dir, manifest, _ = built
   gts = {s: _read(os.path.join(suite_dir, "gt", f"{s}.png")) for s in manifest["gt"]["images"]}
-  mse = lambda task: np.mean([np.mean((_read(os.path.join(suite_dir, "tasks", task, f"{s}.png")) - g) ** 2.0)
+  mse = lambda task: np.mean([np.mean((_read(os.path.join(suite_dir, "tasks", task, f"{s}.png")) - g.astype(float)) ** 2)
                               for s, g in gts.items()])
   for op in degrade.OPS:
     if op != "downup":

@@ -57,7 +57,8 @@ def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_chan
     raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
   batch_size = batch_size or -(-run.config.eval.batch_size // shards) * shards
   return gir_suite.score(run.apply, restorer.place_params(run.params, run.config, m), m, batch_sh,
-                         suite_dir, batch_size=batch_size, multiple=run.multiple, crop_border=crop_border,
+                         suite_dir, batch_size=batch_size, multiple=run.multiple, pad_mode=run.pad_mode,
+                         crop_border=crop_border,
                          test_y_channel=test_y_channel)
 
 

@@ -231,7 +231,8 @@ def _load_synthetic(degraded: str, target: str) -> dict[str, np.ndarray]:
 
 
 def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str, *, batch_size: int,
-          multiple: int, crop_border: int = 0, test_y_channel: bool = False) -> dict[str, dict[str, float]]:
+          multiple: int, pad_mode: str = "constant", crop_border: int = 0,
+          test_y_channel: bool = False) -> dict[str, dict[str, float]]:
   """task -> {'psnr', 'ssim', 'input_psnr', 'input_ssim'}: means over the task's images (BasicSR).
 
   All tasks go through one evaluator per prior status (synthetic tasks have none), so the model
@@ -246,7 +247,7 @@ def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str,
   rows = []
   for exs in groups.values():
     ev = evaluator.Evaluator(apply_fn, mesh, batch_sharding, exs, batch_size=batch_size, multiple=multiple,
-                             crop_border=crop_border, test_y_channel=test_y_channel, cache=False,
+                             pad_mode=pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, cache=False,
                              grid_count=0)
     rows += ev(params).per_image
   per_task: dict[str, list] = {}

@@ -19,14 +19,28 @@ from jax.sharding import Mesh, NamedSharding
 from restorejax import checkpoint, models, sharding
 
 
-def size_multiple(model: nn.Module) -> int:
-  """The stride input sides should be a multiple of: `model.size_multiple` when the network states
-  it, 2**len(enc_blocks) for U-Nets with encoder stages (NAFNet), else 1 (the network pads itself)."""
-  stated = getattr(model, "size_multiple", None)
-  if stated:
-    return int(stated)
-  enc = getattr(model, "enc_blocks", None)
-  return 2 ** len(enc) if enc is not None else 1
+# How each network pads its input itself: (multiple, numpy/jnp pad mode) from its config block. Padding
+# a canvas the same way gives the network the very input it would make of the image alone; a network
+# not listed gets (1, 'constant'): canvases of each image's exact size, exact too, compiled per size.
+INPUT_PADDING = {
+    "nafnet": lambda cfg: (2 ** len(cfg.enc_blocks), "constant"),
+    "restormer": lambda cfg: (8, "reflect"),
+    "swinir": lambda cfg: (int(cfg.window_size), "reflect"),
+}
+# Output / input size ratio of super-resolution networks.
+OUTPUT_SCALE = {
+    "swinir": lambda cfg: int(cfg.upscale),
+    "rrdbnet": lambda cfg: int(cfg.scale),
+}
+
+
+def input_padding(cfg: ml_collections.ConfigDict) -> tuple[int, str]:
+  """(multiple, pad mode) for `config.model` (see INPUT_PADDING)."""
+  return INPUT_PADDING.get(cfg.name, lambda _: (1, "constant"))(cfg)
+
+
+def output_scale(cfg: ml_collections.ConfigDict) -> int:
+  return OUTPUT_SCALE.get(cfg.name, lambda _: 1)(cfg)
 
 
 @dataclasses.dataclass
@@ -35,7 +49,9 @@ class Restorer:
   config: ml_collections.ConfigDict
   model: nn.Module
   params: Any           # numpy, on the host
-  multiple: int
+  multiple: int         # input sides the network pads itself to a multiple of ...
+  pad_mode: str         # ... this way
+  scale: int            # output size / input size (super-resolution)
 
   def apply(self, params, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """`apply_fn(params, degraded, prior_or_None) -> restored`, what `Evaluator` takes."""
@@ -43,8 +59,8 @@ class Restorer:
 
 
 def _check_fit(params: Any, model: nn.Module, workdir: str, multiple: int) -> None:
-  x = jax.ShapeDtypeStruct((1, multiple, multiple, 3), jnp.float32)
-  want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype)))["params"]
+  side = max(multiple, 16)
+  want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3))))["params"]
   flat = lambda t: {jax.tree_util.keystr(k): tuple(np.shape(v))
                     for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
   have, need = flat(params), flat(want)
@@ -61,10 +77,11 @@ def load(workdir: str) -> Restorer:
   """The restorer of a run directory (see the module docstring); a one-line ValueError if unusable."""
   config = checkpoint.read_config(workdir)
   model = models.build(config.model)
-  multiple = size_multiple(model)
+  multiple, pad_mode = input_padding(config.model)
   params = checkpoint.load_params(workdir)
   _check_fit(params, model, workdir, multiple)
-  return Restorer(workdir=workdir, config=config, model=model, params=params, multiple=multiple)
+  return Restorer(workdir=workdir, config=config, model=model, params=params, multiple=multiple,
+                  pad_mode=pad_mode, scale=output_scale(config.model))
 
 
 def mesh_and_sharding(config: ml_collections.ConfigDict) -> tuple[Mesh, NamedSharding]:

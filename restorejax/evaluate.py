@@ -92,7 +92,8 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0
   examples = datasets.build(dataset, run.config)
   ev = evaluator.Evaluator(
       run.apply, m, batch_sh, examples, batch_size=batch_size, multiple=run.multiple,
-      pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas, cache=False,
+      pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas,
+      cache=False,
       save_dir=os.path.join(out_dir, name) if save_outputs else None)
   result = ev(restorer.place_params(run.params, run.config, m))
   logging.info("Process %d loaded %d of the %d images.", jax.process_index(), ev.decoded, len(examples))

@@ -56,7 +56,8 @@ def _ssim64(a, b):
     x, y = a[..., c].astype(np.float64), b[..., c].astype(np.float64)
     mx, my = filt(x), filt(y)
     vx, vy, cxy = filt(x * x) - mx ** 2, filt(y * y) - my ** 2, filt(x * y) - mx * my
-    values.append((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean())
+    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    values.append(ssim_map.mean())
   return float(np.mean(values))
 
 
@@ -81,8 +82,9 @@ def test_region_metrics_equal_metrics_of_the_cropped_images():
     s = metrics.region_ssim(a, b, hw, crop_border=cb, test_y_channel=y)
     for i, (h, w) in enumerate(hw):
       ref = (a[i, :h, :w], b[i, :h, :w])
-      assert float(p[i]) == pytest.approx(float(metrics.psnr(*ref, crop_border=cb, test_y_channel=y)), abs=1e-5)
-      assert float(s[i]) == pytest.approx(float(metrics.ssim(*ref, crop_border=cb, test_y_channel=y)), abs=1e-6)
+      conventions = {"crop_border": cb, "test_y_channel": y}
+      assert float(p[i]) == pytest.approx(float(metrics.psnr(*ref, **conventions)), abs=1e-5)
+      assert float(s[i]) == pytest.approx(float(metrics.ssim(*ref, **conventions)), abs=1e-6)
 
 
 def test_each_image_scores_as_if_restored_alone(net, tmp_path):
@@ -164,7 +166,8 @@ def test_default_set_is_degraded_exactly_as_the_trainer_does():
   # multiplication, so its floats can sit 1 ulp from level / 255: compare the levels.
   np.testing.assert_array_equal(np.stack([e["degraded"] for e in examples]), np.round(degraded * 255))
   np.testing.assert_array_equal(np.stack([e["target"] for e in examples]), np.round(target * 255))
-  np.testing.assert_allclose(np.stack([e["degraded"] for e in examples]) / np.float32(255), degraded, atol=1e-7)
+  np.testing.assert_allclose(np.stack([e["degraded"] for e in examples]) / np.float32(255), degraded,
+                             atol=1e-7)
 
 
 def test_paired_folders(tmp_path):
@@ -222,7 +225,8 @@ def test_cli_two_processes_of_four_devices_match_one_device(net, tmp_path):
                          "--name=multi",
                          env=env, extra=(f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                                          f"--process_id={i}")) for i in range(2)]
-  one = evaluate.evaluate_run(run, spec, save_outputs=True, batch_size=8, canvas="max")  # meanwhile, here: 1 device
+  # Meanwhile, here: 1 device.
+  one = evaluate.evaluate_run(run, spec, save_outputs=True, batch_size=8, canvas="max")
   logs = [p.communicate(timeout=600)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
 
@@ -231,7 +235,8 @@ def test_cli_two_processes_of_four_devices_match_one_device(net, tmp_path):
   assert multi["metric_convention"] == "BasicSR" and multi["crop_border"] == 0 and not multi["test_y_channel"]
   for a, b in zip(one["per_image"], multi["per_image"]):
     assert a["name"] == b["name"] and a["psnr"] == pytest.approx(b["psnr"], abs=1e-5)
-    assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-5) and a["input_ssim"] == pytest.approx(b["input_ssim"], abs=1e-5)
+    assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-5)
+    assert a["input_ssim"] == pytest.approx(b["input_ssim"], abs=1e-5)
     same = open(os.path.join(run, "eval", "data", a["name"] + ".png"), "rb").read()
     assert same == open(os.path.join(run, "eval", "multi", a["name"] + ".png"), "rb").read()
   # Each process read only the images of its own rows: rows 0-3 of the batch are on process 0's
@@ -244,7 +249,8 @@ def test_cli_two_processes_of_four_devices_match_one_device(net, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (("--dataset=records:/x",), "unknown dataset kind 'records'"),
-    (("--dataset=folder:/nonexistent/a,/nonexistent/b",), "degraded folder /nonexistent/a: no such directory"),
+    (("--dataset=folder:/nonexistent/a,/nonexistent/b",),
+     "degraded folder /nonexistent/a: no such directory"),
 ])
 def test_cli_user_mistakes_are_one_line(net, tmp_path, args, message):
   config, _, params, _ = net

@@ -66,7 +66,8 @@ def test_build_is_compose_with_the_documented_keys_and_deterministic(built, tmp_
   gt = _read(os.path.join(suite_dir, "gt", "dl003.png"))
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), zlib.crc32(task.name.encode())), 3)
   applied = jnp.asarray([o in task.ops for o in degrade.OPS])
-  expected = degrade.compose(key, jnp.asarray(gt, jnp.float32) / 255.0, applied, ops=task.ops, ranges="harder")
+  expected = degrade.compose(key, jnp.asarray(gt, jnp.float32) / 255.0, applied, ops=task.ops,
+                             ranges="harder")
   expected = np.round(np.asarray(expected) * 255.0)
   got = _read(os.path.join(suite_dir, "tasks", task.name, "dl003.png"))
   assert np.abs(got - expected).max() <= 1 and np.mean(got == expected) > 0.99
@@ -77,7 +78,8 @@ def test_build_is_compose_with_the_documented_keys_and_deterministic(built, tmp_
     for stem in manifest["gt"]["images"]:
       a = open(os.path.join(suite_dir, "tasks", t.name, f"{stem}.png"), "rb").read()
       assert a == open(tmp_path / "again" / "tasks" / t.name / f"{stem}.png", "rb").read()
-  assert gir_suite.build("default", suite_dir, seed=0, real=sets, default_images=8, default_size=32) == manifest
+  again = gir_suite.build("default", suite_dir, seed=0, real=sets, default_images=8, default_size=32)
+  assert again == manifest
   with pytest.raises(ValueError, match="holds another GIR suite"):
     gir_suite.build("default", suite_dir, seed=1, real=sets, default_images=8, default_size=32)
 
@@ -85,8 +87,9 @@ def test_build_is_compose_with_the_documented_keys_and_deterministic(built, tmp_
 def test_harder_ranges_are_harder(built):
   _, suite_dir, manifest, _ = built
   gts = {s: _read(os.path.join(suite_dir, "gt", f"{s}.png")) for s in manifest["gt"]["images"]}
-  mse = lambda task: np.mean([np.mean((_read(os.path.join(suite_dir, "tasks", task, f"{s}.png")) - g.astype(float)) ** 2)
-                              for s, g in gts.items()])
+  def mse(task):
+    return np.mean([np.mean((_read(os.path.join(suite_dir, "tasks", task, f"{s}.png")) - g.astype(float))
+                            ** 2) for s, g in gts.items()])
   for op in degrade.OPS:
     if op != "downup":
       assert mse(f"{op}@harder") > mse(f"{op}@train"), op

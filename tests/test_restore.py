@@ -20,7 +20,8 @@ def _perturbed(params, scale=0.5):
   """Random residual scales (NAFNet starts them at zero) so every block and its channel attention act."""
   def f(path, v):
     if jax.tree_util.keystr(path).endswith(("['beta']", "['gamma']")):
-      return np.random.default_rng(len(jax.tree_util.keystr(path))).normal(0, scale, v.shape).astype(np.float32)
+      rng = np.random.default_rng(len(jax.tree_util.keystr(path)))
+      return rng.normal(0, scale, v.shape).astype(np.float32)
     return v
   return jax.tree_util.tree_map_with_path(f, params)
 
@@ -65,7 +66,8 @@ def test_sizes_bit_depths_and_modes_are_kept(run, degraded_pair, tmp_path):
   workdir, _, _ = run
   deg, _ = degraded_pair
   rgb8 = deg[:50, :70]
-  rgb16 = rgb8.astype(np.uint16) * 257 + np.random.default_rng(0).integers(0, 257, rgb8.shape).astype(np.uint16)
+  extra = np.random.default_rng(0).integers(0, 257, rgb8.shape).astype(np.uint16)
+  rgb16 = rgb8.astype(np.uint16) * 257 + extra
   grey = deg[:40, :33, 1:2]
   alpha = np.random.default_rng(1).integers(0, 256, (37, 41, 1), dtype=np.uint8)
   files = {"rgb8": rgb8, "rgb16": rgb16, "grey": grey, "rgba": np.concatenate([deg[:37, :41], alpha], -1)}

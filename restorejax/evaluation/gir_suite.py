@@ -213,11 +213,12 @@ def examples(suite_dir: str) -> dict[str, list]:
   out = {}
   for t in manifest["tasks"]:
     task_dir = os.path.join(suite_dir, t["dir"])
-    out[t["name"]] = [
-        LazyExample(name=f"{t['name']}/{stem}", size=datasets.header_size(os.path.join(gt_dir, f"{stem}.png")),
-                    has_prior=False, load=functools.partial(
-                        _load_synthetic, os.path.join(task_dir, f"{stem}.png"), os.path.join(gt_dir, f"{stem}.png")))
-        for stem in manifest["gt"]["images"]]
+    out[t["name"]] = []
+    for stem in manifest["gt"]["images"]:
+      gt_path, degraded_path = os.path.join(gt_dir, f"{stem}.png"), os.path.join(task_dir, f"{stem}.png")
+      out[t["name"]].append(LazyExample(
+          name=f"{t['name']}/{stem}", size=datasets.header_size(gt_path), has_prior=False,
+          load=functools.partial(_load_synthetic, degraded_path, gt_path)))
   for r in manifest["real"]:
     real = RealSet(**r)
     out[real.task] = [dataclasses.replace(e, name=f"{real.task}/{e.name}")
@@ -247,8 +248,8 @@ def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str,
   rows = []
   for exs in groups.values():
     ev = evaluator.Evaluator(apply_fn, mesh, batch_sharding, exs, batch_size=batch_size, multiple=multiple,
-                             pad_mode=pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, cache=False,
-                             grid_count=0)
+                             pad_mode=pad_mode, crop_border=crop_border, test_y_channel=test_y_channel,
+                             cache=False, grid_count=0)
     rows += ev(params).per_image
   per_task: dict[str, list] = {}
   for row in rows:

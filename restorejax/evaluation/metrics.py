@@ -220,7 +220,7 @@ def ssim(img, ref, *, crop_border: int = 0, test_y_channel: bool = False) -> jnp
 
 
 def _region_masks(hw: jnp.ndarray, size: tuple[int, int], crop_border: int, shrink: int = 0):
-  """Per-image row / column masks (N, H) and (N, W): pixels in [cb, h - cb - shrink) x [cb, w - cb - shrink)."""
+  """Row / column masks (N, H), (N, W) of each image's [cb, h - cb - shrink) x [cb, w - cb - shrink)."""
   hw = jnp.asarray(hw, jnp.int32)
   rows = jnp.arange(size[0])[None, :]
   cols = jnp.arange(size[1])[None, :]

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, tiny_config
 from restorejax import checkpoint, models, sharding
 from restorejax.data import images
-from restorejax.evaluation import datasets, evaluator, metrics
+from restorejax.evaluation import datasets, evaluator, held_out, metrics
 from restorejax.tasks import restoration
 
 # Different sizes; 30x31 shares the 32x32 canvas (stride 4) with three 32x32 images.
@@ -153,12 +153,13 @@ def test_examples_are_checked():
     make([{**ok, "prior": ok["target"]}, {**ok, "name": "b"}])
 
 
-def test_default_set_is_degraded_exactly_as_the_trainer_does():
+def test_default_set_is_degraded_exactly_as_the_trainer_does(net):
   config = tiny_config(**{"eval.batch_size": 3})  # 8 images: the trainer pads its last batch
   examples = datasets.procedural(config)
-  model = models.build(config.model)
+  _, model, params, _ = net
   mesh = sharding.mesh(config)
-  trainer_eval = restoration.HeldOutEvaluator(config, model, sharding.batch_sharding(config, mesh))
+  batch_sh = sharding.batch_sharding(config, mesh)
+  trainer_eval = restoration.HeldOutEvaluator(config, model, batch_sh)
   degraded = np.concatenate([sharding.to_host(b["degraded"]) for b in trainer_eval.batches])[:8]
   target = np.concatenate([sharding.to_host(b["target"]) for b in trainer_eval.batches])[:8]
   assert len(examples) == 8
@@ -168,6 +169,13 @@ def test_default_set_is_degraded_exactly_as_the_trainer_does():
   np.testing.assert_array_equal(np.stack([e["target"] for e in examples]), np.round(target * 255))
   np.testing.assert_allclose(np.stack([e["degraded"] for e in examples]) / np.float32(255), degraded,
                              atol=1e-7)
+  # In the trainer's interface, the same numbers as its dm-pix evaluation (a float32 PSNR / SSIM with
+  # the same window and constants), computed another way.
+  ours, grids = held_out.held_out_evaluator(config, model, mesh, batch_sh)(params)
+  theirs, _ = trainer_eval(params)
+  assert set(ours) == set(theirs) and grids["eval/degraded_restored_target"].shape == (4, 32, 96, 3)
+  for k in ours:
+    assert ours[k] == pytest.approx(theirs[k], abs=1e-4), k  # measured: <= 6e-6
 
 
 def test_paired_folders(tmp_path):

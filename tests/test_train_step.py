@@ -76,3 +76,16 @@ def test_degradation_depends_on_the_example_index_not_its_position():
   np.testing.assert_array_equal(a["degraded"], b["degraded"][::-1])
   assert not np.array_equal(a["degraded"][0], a["degraded"][1])
   assert a["target"].dtype == jnp.float32 and float(a["target"].max()) <= 1.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = tiny_config(**{"model.dtype": "bfloat16"})
+  task = tasks.build(config)
+  tx, lr = optim.build(config.optim, 100)
+  state = jax.jit(functools.partial(train._init_state, task, tx))(jax.random.PRNGKey(0))
+  step = jax.jit(train.make_train_step(task, tx, lr, config))
+  batch = next(iter(pipeline.train_dataset(config)))
+  new, metrics = step(state, batch, {})
+  assert np.isfinite(float(metrics["train/loss"])) and int(new.nonfinite) == 0
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new.params))
+  assert not _leaves_equal(new.params, state.params)

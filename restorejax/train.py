@@ -178,21 +178,7 @@ def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainS
 
 def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
   """Parameters (and EMA) from another run or a converted checkpoint; optimizer and step start afresh."""
-  loaded = checkpoint.load_params(path)
-  want = [(sharding.path_str(k), v) for k, v in jax.tree_util.tree_flatten_with_path(state.params)[0]]
-  have = {sharding.path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
-  problems = []
-  for name, v in want:
-    if name not in have:
-      problems.append(f"{name} missing")
-    elif have[name].shape != v.shape:
-      problems.append(f"{name} has shape {have[name].shape}, the model wants {v.shape}")
-  problems += [f"{name} unexpected" for name in sorted(set(have) - {name for name, _ in want})]
-  if problems:
-    raise ValueError(f"config.init_from={path}: parameters do not fit the model: "
-                     + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-  loaded = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.params),
-                                        [np.asarray(have[name], v.dtype) for name, v in want])
+  loaded = checkpoint.fit(checkpoint.load_params(path), state.params, f"config.init_from={path}")
   params = sharding.replicated_to_global(loaded, param_sh)
   return state.replace(params=params, ema_params=params)
 

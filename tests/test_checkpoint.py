@@ -47,7 +47,7 @@ def test_warm_start_from_another_architecture_names_the_mismatch(tiny, tmp_path)
   wide = tiny_config(**{"model.width": 16})
   wide_params = tasks.build(wide).init_params(jax.random.PRNGKey(0))
   checkpoint.export_params(str(tmp_path), wide, wide_params)
-  with pytest.raises(ValueError, match=r"config.init_from=.*do not fit the model: decoders_0/beta has shape \(1, 32\), the model wants \(1, 16\)"):
+  with pytest.raises(ValueError, match=r"config.init_from=.*do not fit the model: decoders_0/beta has shape \(1, 32\), the model expects \(1, 16\)"):
     train._warm_start(state, str(tmp_path), state_sh.params)
 
 

@@ -61,16 +61,7 @@ class Restorer:
 def _check_fit(params: Any, model: nn.Module, workdir: str, multiple: int) -> None:
   side = max(multiple, 16)
   want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3))))["params"]
-  flat = lambda t: {jax.tree_util.keystr(k): tuple(np.shape(v))
-                    for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
-  have, need = flat(params), flat(want)
-  problems = [f"{k} missing" for k in need if k not in have]
-  problems += [f"{k} has shape {have[k]}, the model wants {need[k]}" for k in need
-               if k in have and have[k] != need[k]]
-  problems += [f"{k} unexpected" for k in have if k not in need]
-  if problems:
-    raise ValueError(f"{workdir}: parameters do not fit config.model: " + "; ".join(problems[:4])
-                     + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""))
+  checkpoint.fit(params, want, f"{workdir} (config.model.name={model.__class__.__name__})")
 
 
 def load(workdir: str) -> Restorer:
@@ -104,5 +95,4 @@ def place_params(params: Any, config: ml_collections.ConfigDict, m: Mesh) -> Any
     shardings = sharding.param_shardings(params, config, m)
   except (ValueError, KeyError):  # rules naming axes this mesh lacks: replicate
     shardings = jax.tree_util.tree_map(lambda _: sharding.replicated(m), params)
-  return jax.tree_util.tree_map(
-      lambda x, s: sharding.replicated_to_global(np.asarray(x), s), params, shardings)
+  return sharding.replicated_to_global(params, shardings)

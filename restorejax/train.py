@@ -26,7 +26,7 @@ from clu import parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, losses, models, optim, reporting, sharding, throughput
-from restorejax.data import degrade, pipeline
+from restorejax.data import degrade, pipeline, priors
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +63,6 @@ def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Ar
   if "degraded" not in out:
     out["degraded"] = jax.vmap(degrade_fn)(keys, out["target"])
   if "prior_severity" in out:
-    from restorejax.data import priors  # pylint: disable=g-import-not-at-top
     severity = out.pop("prior_severity")
     prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)  # a stream apart from degrade_fn's
     out["prior"] = degrade.quantize(jax.vmap(priors.simulate_prior)(prior_keys, out["target"], severity))

@@ -86,6 +86,9 @@ def _scan(directory: str, side: str, pattern: Optional[re.Pattern], skipped: dic
     if len(paths) > 1:
       for p in paths:
         skipped[p] = f"ambiguous: {' and '.join(os.path.basename(q) for q in paths)} share the stem {stem!r}"
+      key = _key_of(stem, pattern)
+      if key is not None:
+        by_key.setdefault(key, [])  # known but unusable: partners are told so
       continue
     key = _key_of(stem, pattern)
     if key is None:
@@ -107,7 +110,7 @@ def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None) -> Pairing
       continue
     unique[side] = {}
     for key, items in found[side].items():
-      if len(items) > 1:
+      if len(items) != 1:
         for _, p in items:
           skipped[p] = (f"ambiguous: {', '.join(os.path.basename(q) for _, q in items)} all have the "
                         f"--{side}-key {key!r}")
@@ -262,6 +265,11 @@ def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = No
   return {**report, "info": info}
 
 
+_REASON_KINDS = ("no partner", "partner unusable", "ambiguous", "not an image", "empty file", "truncated",
+                 "unreadable", "cannot be read", "smaller than", "degraded/target size mismatch",
+                 "name does not match", "a folder")
+
+
 def summary_text(report: dict, out: str) -> str:
   """A few lines for the terminal: what was written, and counts of skips by reason."""
   info = report["info"]
@@ -277,7 +285,7 @@ def summary_text(report: dict, out: str) -> str:
   if report["skipped"]:
     counts: dict[str, int] = {}
     for s in report["skipped"]:
-      kind = s["reason"].split(" (")[0].split(":")[0]
+      kind = next((k for k in _REASON_KINDS if s["reason"].startswith(k)), s["reason"].split(" (")[0])
       counts[kind] = counts.get(kind, 0) + 1
     lines.append(f"  skipped {len(report['skipped'])} file(s): "
                  + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

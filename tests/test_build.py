@@ -42,6 +42,11 @@ def messy(tmp_path_factory):
     _save(f"{d}/good{i}.png", deg)
     _save(f"{t}/good{i}.PNG" if i == 2 else f"{t}/good{i}.png", tgt)
     good[f"good{i}"] = (deg, tgt)
+  for i, (ext, kwargs) in enumerate(((".webp", {"lossless": True}), (".bmp", {}), (".tif", {}))):
+    tgt = _rgb(30 + i)
+    _save(f"{d}/fmt{i}{ext}", 255 - tgt, **kwargs)
+    _save(f"{t}/fmt{i}.png", tgt)
+    good[f"fmt{i}"] = (255 - tgt, tgt)
   # 16-bit grey degraded (converted), RGBA target (alpha dropped)
   g16 = np.random.default_rng(10).integers(0, 65536, (24, 20), dtype=np.uint16)
   _save(f"{d}/deep.png", g16)
@@ -88,7 +93,7 @@ def test_messy_folders_keep_exactly_the_usable_pairs(messy, tmp_path, capsys):
   out = str(tmp_path / "out")
   report = build.main(["--degraded", str(root / "degraded"), "--target", str(root / "target"),
                        "--out", out, "--task", "denoise", "--records-per-shard", "2"])
-  assert "wrote 5 examples" in capsys.readouterr().out
+  assert "wrote 8 examples" in capsys.readouterr().out
   got = _read_all(out)
   assert sorted(got) == sorted(good)
   for name, (deg, tgt) in good.items():
@@ -97,7 +102,7 @@ def test_messy_folders_keep_exactly_the_usable_pairs(messy, tmp_path, capsys):
     assert got[name]["task"] == 0
   on_disk = json.load(open(os.path.join(out, build.REPORT_FILE)))
   assert on_disk == {k: report[k] for k in ("written", "skipped", "converted")}
-  assert report["written"] == 5
+  assert report["written"] == 8
   reasons = {s["file"]: s["reason"] for s in report["skipped"]}
   assert sorted(reasons) == sorted(expected_skips)
   for f, fragment in expected_skips.items():
@@ -108,8 +113,8 @@ def test_messy_folders_keep_exactly_the_usable_pairs(messy, tmp_path, capsys):
                        f"{t}/deep.png": ["alpha channel dropped"],
                        f"{d}/greyjpg.jpg": ["greyscale -> RGB"]}
   info = records.read_info(out)
-  assert info["count"] == 5 and info["tasks"] == {"denoise": 5} and not info["has_prior"]
-  assert [s["count"] for s in info["shards"]] == [2, 2, 1]
+  assert info["count"] == 8 and info["tasks"] == {"denoise": 8} and not info["has_prior"]
+  assert [s["count"] for s in info["shards"]] == [2, 2, 2, 2]
   assert info["sizes"] == {"min": [24, 20], "max": [24, 20]}
   # original sizes and file names travel with each record
   rec = records.decode(records.TripleSource(out, decoded=False)._source[0])
@@ -123,7 +128,7 @@ def test_rerun_gives_byte_identical_shards_with_any_worker_count(messy, tmp_path
     build.build({"degraded": str(root / "degraded"), "target": str(root / "target")}, str(out),
                 records_per_shard=3, workers=workers)
     digests.append(_shard_digests(out))
-  assert len(digests[0]) == 2 and digests[0] == digests[1] == digests[2]
+  assert len(digests[0]) == 3 and digests[0] == digests[1] == digests[2]
 
 
 def test_priors_of_another_size_are_resized_bicubic(tmp_path):
@@ -186,3 +191,20 @@ def test_bad_arguments_are_one_line_errors_with_status_2(tmp_path, capsys, case)
   assert {"missing": f"--degraded={tmp_path}/nope: no such folder",
           "empty": f"--degraded={tmp_path}/empty: the folder is empty",
           "unwritable": f"--out={tmp_path}/file/out: not writable"}[case] in err
+
+
+def test_tiles_cover_the_image_with_a_last_one_flush_with_the_edge(tmp_path):
+  tgt = _rgb(5, 40, 44)
+  _save(f"{tmp_path}/t/big.png", tgt)
+  _save(f"{tmp_path}/d/big.png", 255 - tgt)
+  build.main(["--degraded", f"{tmp_path}/d", "--target", f"{tmp_path}/t", "--out", f"{tmp_path}/out",
+              "--tile", "16", "--tile-step", "12"])
+  got = _read_all(f"{tmp_path}/out")
+  want = {f"big_y{y}_x{x}": (y, x) for y in (0, 12, 24) for x in (0, 12, 24, 28)}
+  assert sorted(got) == sorted(want)
+  for name, (y, x) in want.items():
+    assert np.array_equal(got[name]["target"], tgt[y:y + 16, x:x + 16])
+    assert np.array_equal(got[name]["degraded"], 255 - tgt[y:y + 16, x:x + 16])
+  info = records.read_info(f"{tmp_path}/out")
+  assert info["count"] == 12 and info["tile"] == {"size": 16, "step": 12}
+  assert info["sizes"] == {"min": [16, 16], "max": [16, 16]}

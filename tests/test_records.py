@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image as PILImage
 
 from restorejax.data import build, images, records
 from conftest import read_summary, run_main

@@ -2,7 +2,7 @@
 
     python -m restorejax.data.build --degraded DIR --target DIR [--prior DIR] --out PATH
         [--min-size N] [--task NAME] [--records-per-shard K] [--workers W]
-        [--degraded-key REGEX] [--target-key REGEX] [--prior-key REGEX]
+        [--degraded-key REGEX] [--target-key REGEX] [--prior-key REGEX] [--tile S [--tile-step T]]
 
 `--target DIR` alone builds a target-only dataset (the trainer synthesises degradations on the device).
 
@@ -18,6 +18,11 @@ Images are stored as 8-bit RGB; every conversion is listed in the report (`16-bi
 `greyscale -> RGB`, `alpha channel dropped`). A prior of another size or aspect is resized to the
 target's size with Pillow's bicubic filter (`resized HxW -> HxW (bicubic)` in the report); its content
 misalignment stays, as it should. Degraded and target images must have the same size.
+
+Large images (DIV2K's 2K pictures take ~0.1 s each to decode) can be stored as overlapping sub-images
+(`--tile 480 --tile-step 240`, BasicSR's recipe), so that a training crop decodes a small tile instead of
+the whole picture; tiles start every step plus one flush with the far edge, and an image no larger than
+the tile is kept whole.
 
 Output in `--out`: the shards, `dataset_info.json`, and `report.json`
 `{"written": n, "skipped": [{"file", "reason"}], "converted": [{"file", "changes"}]}`. Every input file is
@@ -151,7 +156,7 @@ def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None) -> Pairing
 
 @dataclasses.dataclass
 class Outcome:
-  record: Optional[bytes] = None
+  records: list[tuple[bytes, dict[str, Any]]] = dataclasses.field(default_factory=list)  # (bytes, summary)
   summary: Optional[dict[str, Any]] = None
   converted: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # path -> changes
   skipped: dict[str, str] = dataclasses.field(default_factory=dict)          # path -> reason (failures)
@@ -161,12 +166,22 @@ def _hw(a: np.ndarray) -> str:
   return f"{a.shape[0]}x{a.shape[1]}"
 
 
+def tile_origins(length: int, tile: int, step: int) -> list[int]:
+  """Tile starts along one side: every `step`, plus one flush with the end (BasicSR's sub-images)."""
+  if length <= tile:
+    return [0]
+  starts = list(range(0, length - tile + 1, step))
+  return starts if starts[-1] == length - tile else starts + [length - tile]
+
+
 def load(name: str, files: dict[str, str], *, min_size: int = 0, task: Optional[str] = None,
-         encode: bool = True) -> Outcome:
+         encode: bool = True, tile: int = 0, tile_step: int = 0) -> Outcome:
   """Reads and converts one example's files; on failure every one of its files gets a reason.
 
-  With `encode`, `record` holds the record bytes; `summary` holds the uint8 RGB arrays (`images`) and the
-  facts `records.write` needs.
+  `summary` holds the uint8 RGB arrays (`images`) and the facts `records.write` needs. With `encode`,
+  `records` holds the encoded record(s): one, or with `tile` > 0 one per `tile` x `tile` sub-image
+  every `tile_step` pixels (named `<name>_y<Y>_x<X>`, with a `tile` field [y, x, h, w]), which makes
+  random crops of large images cheap to decode.
   """
   out = Outcome()
   pixels, sizes = {}, {}
@@ -200,15 +215,25 @@ def load(name: str, files: dict[str, str], *, min_size: int = 0, task: Optional[
     out.converted.setdefault(files["prior"], []).append(
         f"resized {_hw(pixels['prior'])} -> {_hw(target)} (bicubic)")
     pixels["prior"] = np.asarray(im)
-  example = {"name": name, **pixels, "sizes": sizes,
-             "files": {side: os.path.basename(p) for side, p in files.items()}}
-  if task is not None:
-    example["task"] = task
   out.summary = {"task": task, "has_degraded": "degraded" in files, "has_prior": "prior" in files,
                  "size": target.shape[:2], "images": pixels}
-  if encode:
-    out.record = records.encode(example)
-    out.summary.pop("images")
+  if not encode:
+    return out
+  common = {"sizes": sizes, "files": {side: os.path.basename(p) for side, p in files.items()}}
+  if task is not None:
+    common["task"] = task
+  h, w = target.shape[:2]
+  if not tile:
+    out.records.append((records.encode({"name": name, **pixels, **common}),
+                        {**out.summary, "images": None}))
+  else:
+    for y in tile_origins(h, tile, tile_step or tile):
+      for x in tile_origins(w, tile, tile_step or tile):
+        crops = {k: v[y:y + tile, x:x + tile] for k, v in pixels.items()}
+        th, tw = crops["target"].shape[:2]
+        rec = records.encode({"name": f"{name}_y{y}_x{x}", **crops, **common, "tile": [y, x, th, tw]})
+        out.records.append((rec, {**out.summary, "size": (th, tw), "images": None}))
+  out.summary["images"] = None
   return out
 
 
@@ -233,7 +258,8 @@ def load_all(pairing: Pairing, *, workers: int = 1, **kwargs) -> Iterator[tuple[
 # ----------------------------------------------------------------------------------------------------
 
 def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = None, min_size: int = 0,
-          task: Optional[str] = None, records_per_shard: int = 256, workers: int = 1) -> dict:
+          task: Optional[str] = None, records_per_shard: int = 256, workers: int = 1, tile: int = 0,
+          tile_step: int = 0) -> dict:
   """Builds the dataset in `out` and writes `out/report.json`; returns the report (plus `info`)."""
   pairing = pair(dirs, keys)
   skipped = dict(pairing.skipped)
@@ -241,8 +267,9 @@ def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = No
   used: set[str] = set()
 
   def good_records():
-    for name, outcome in load_all(pairing, workers=workers, min_size=min_size, task=task):
-      if outcome.record is None:
+    for name, outcome in load_all(pairing, workers=workers, min_size=min_size, task=task, tile=tile,
+                                  tile_step=tile_step):
+      if not outcome.records:
         for path, reason in outcome.skipped.items():
           # a file's own failure wins over "partner unusable" from another example
           if path not in skipped or skipped[path].startswith("partner unusable"):
@@ -251,9 +278,10 @@ def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = No
       used.update(pairing.examples[name].values())
       for path, notes in outcome.converted.items():
         converted.setdefault(path, notes)
-      yield outcome.record, outcome.summary
+      yield from outcome.records
 
-  info = records.write(out, good_records(), records_per_shard=records_per_shard)
+  extra = {"tile": {"size": tile, "step": tile_step or tile}} if tile else {}
+  info = records.write(out, good_records(), records_per_shard=records_per_shard, extra_info=extra)
   report = {
       "written": info["count"],
       "skipped": [{"file": p, "reason": r} for p, r in sorted(skipped.items()) if p not in used],
@@ -319,6 +347,8 @@ def _check_args(args) -> dict[str, str]:
         fail(f"--{side}-key={pattern}: not a regular expression ({e})")
   if args.records_per_shard < 1:
     fail(f"--records-per-shard={args.records_per_shard}: must be at least 1")
+  if args.tile < 0 or args.tile_step < 0 or (args.tile_step and not args.tile):
+    fail(f"--tile={args.tile} --tile-step={args.tile_step}: need tile > 0 for a step, both >= 0")
   if args.min_size < 0:
     fail(f"--min-size={args.min_size}: must be >= 0")
   out = os.path.abspath(args.out)
@@ -348,6 +378,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   parser.add_argument("--task", help="task label stored in every record (e.g. dehaze)")
   parser.add_argument("--records-per-shard", type=int, default=256)
   parser.add_argument("--workers", type=int, default=1, help="processes reading and encoding images")
+  parser.add_argument("--tile", type=int, default=0,
+                      help="store TILE x TILE sub-images instead of whole images (e.g. 480 for 2K images: "
+                           "a random crop then decodes a tile, not the whole picture); default 0: whole")
+  parser.add_argument("--tile-step", type=int, default=0, help="tile stride (default: --tile; 240 overlaps)")
   for side in SIDES:
     parser.add_argument(f"--{side}-key", help=f"regex (full match on the stem; group 1 is the key) for "
                                               f"--{side} names; default: the whole stem")
@@ -358,7 +392,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   if unknown:
     fail(f"--{unknown[0]}-key given without --{unknown[0]}")
   report = build(dirs, args.out, keys=keys, min_size=args.min_size, task=args.task,
-                 records_per_shard=args.records_per_shard, workers=args.workers)
+                 records_per_shard=args.records_per_shard, workers=args.workers, tile=args.tile,
+                 tile_step=args.tile_step)
   print(summary_text(report, args.out))
   return report
 

@@ -11,9 +11,12 @@ same example always gives the same bytes):
   task      str    task label given to the builder, e.g. "dehaze"      (absent when none was given)
   sizes     map    {image key: [height, width]} of each source file before any conversion or resizing
   files     map    {image key: source file name}
+  tile      list   [y, x, height, width] of this sub-image in the (prior-resized) originals (builds with
+                   --tile only; the record's name is then `<name>_y<y>_x<x>`)
 
 `dataset_info.json` holds `count`, `tasks` ({label: count}), `has_degraded`, `has_prior`, `sizes`
-(`min` / `max` [height, width] of the stored targets) and `shards` ([{file, count}]).
+(`min` / `max` [height, width] of the stored targets), `shards` ([{file, count}]) and, for tiled builds,
+`tile` ({size, step}).
 
 `TripleSource` is the grain random-access reader over one or several such directories. String task
 labels become int ids (the label's position in `tasks`, by default the sorted labels of all datasets;
@@ -23,7 +26,7 @@ labels become int ids (the label's position in `tasks`, by default the sorted la
 import glob
 import json
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import msgpack
 import numpy as np
@@ -35,7 +38,7 @@ VERSION = 1
 INFO_FILE = "dataset_info.json"
 SHARD_PREFIX = "triples"
 IMAGE_KEYS = ("degraded", "prior", "target")
-_ORDER = ("name", "target", "degraded", "prior", "task", "sizes", "files")
+_ORDER = ("name", "target", "degraded", "prior", "task", "sizes", "files", "tile")
 
 
 class NoSplit(ValueError):
@@ -60,6 +63,8 @@ def encode(example: dict[str, Any]) -> bytes:
     v = example[k]
     if k in IMAGE_KEYS and not isinstance(v, bytes):
       v = images.encode_png(_check_rgb8(k, v))
+    elif k == "tile":
+      v = [int(t) for t in v]
     elif k in ("sizes", "files"):
       v = {key: (list(map(int, v[key])) if k == "sizes" else str(v[key])) for key in IMAGE_KEYS if key in v}
     out[k] = v
@@ -99,10 +104,12 @@ def shard_name(i: int, n: int) -> str:
   return f"{SHARD_PREFIX}-{i:05d}-of-{n:05d}.array_record"
 
 
-def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records_per_shard: int = 256) -> dict:
+def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records_per_shard: int = 256,
+          extra_info: Optional[dict[str, Any]] = None) -> dict:
   """Writes `(record bytes, summary)` pairs as a dataset in `path`; returns the dataset info.
 
-  `summary` holds the example's `task` (or None), `has_degraded`, `has_prior` and target `size` (h, w).
+  `summary` holds the example's `task` (or None), `has_degraded`, `has_prior` and target `size` (h, w);
+  `extra_info` is added to the info (e.g. the builder's tiling).
   The shard count is only known at the end, so shards are written under temporary names and renamed;
   shards of an earlier build in `path` are removed first. No timestamps: same records -> same bytes.
   """
@@ -145,7 +152,7 @@ def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records
   info = {
       "format": FORMAT, "version": VERSION, "count": sum(counts),
       "tasks": dict(sorted(tasks.items())), "has_degraded": has_degraded, "has_prior": has_prior,
-      "sizes": {"min": [v or 0 for v in lo], "max": hi}, "shards": shards,
+      "sizes": {"min": [v or 0 for v in lo], "max": hi}, "shards": shards, **(extra_info or {}),
   }
   with open(os.path.join(path, INFO_FILE), "w") as f:
     json.dump(info, f, indent=1)

@@ -7,7 +7,7 @@ RGB and resizing priors to the target size, bicubic) and prepares them as ArrayR
 pipeline reads it with `config.data.source='tfds'`, `config.data.tfds.name='paired_images'`,
 `config.data.tfds.config='<config>'`. Features: `degraded`, `target`, `prior` (uint8 RGB PNG images, as
 the config has them) and `name` (the degraded file's stem, or the target's). Files that cannot be used
-are logged with their reason (absl warnings) and counted; nothing is left out silently.
+are logged with their reason (absl warnings); nothing is left out silently.
 
 Prepare one (paths relative to the manual_dir are in each config's description):
 
@@ -20,7 +20,7 @@ pipeline does so lazily), so that training without TFDS never loads TensorFlow.
 import dataclasses
 import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from absl import logging
 from etils import epath

@@ -101,9 +101,8 @@ def fit(loaded: Any, like: Any, what: str) -> Any:
   problems += [f"{name} has shape {tuple(np.shape(have[name]))}, the model expects {tuple(v.shape)}"
                for name, v in want if name in have and tuple(np.shape(have[name])) != tuple(v.shape)]
   problems += [f"{name} unexpected" for name in sorted(set(have) - {name for name, _ in want})]
-  if problems:
-    raise ValueError(f"{what}: parameters do not fit the model: " + "; ".join(problems[:5])
-                     + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+  if problems:  # all of them, on one line: which ones are wrong is what tells the cause
+    raise ValueError(f"{what}: parameters do not fit the model: " + "; ".join(problems))
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
                                       [np.asarray(have[name], v.dtype) for name, v in want])
 

@@ -1,22 +1,23 @@
 """Full-image evaluation: region metrics, scores independent of padding and batch-mates, the trainer's
 held-out set, paired folders, and the CLI on 2 processes x 4 devices against 1 device."""
 
+import functools
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from restorejax import checkpoint, models, sharding
-from restorejax.data import images
+from restorejax import checkpoint, models, sharding, train
+from restorejax.data import degrade, images, pipeline
 from restorejax.evaluation import datasets, evaluator, held_out, metrics
-from restorejax.tasks import restoration
 
 # Different sizes; 30x31 shares the 32x32 canvas (stride 4) with three 32x32 images.
 SIZES = [(32, 32), (27, 40), (30, 31), (20, 20), (32, 32), (32, 32)]
@@ -154,25 +155,32 @@ def test_examples_are_checked():
 
 
 def test_default_set_is_degraded_exactly_as_the_trainer_does(net):
-  config = tiny_config(**{"eval.batch_size": 3})  # 8 images: the trainer pads its last batch
+  config = tiny_config(**{"eval.batch_size": 3})  # 8 images: the last batch is padded
   examples = datasets.procedural(config)
   _, model, params, _ = net
   mesh = sharding.mesh(config)
   batch_sh = sharding.batch_sharding(config, mesh)
-  trainer_eval = restoration.HeldOutEvaluator(config, model, batch_sh)
-  degraded = np.concatenate([sharding.to_host(b["degraded"]) for b in trainer_eval.batches])[:8]
-  target = np.concatenate([sharding.to_host(b["target"]) for b in trainer_eval.batches])[:8]
+  # The trainer's own preparation of the held-out set (pipeline.eval_examples + train.prepare_batch).
+  raw = pipeline.eval_examples(config)
+  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=degrade.from_config(config.data.degrade),
+                                   key=train.data_key(config, "eval")))
+  trainer = prep({"target": raw["target"], "index": raw["index"]})
+  degraded, target = np.asarray(trainer["degraded"]), np.asarray(trainer["target"])
   assert len(examples) == 8
   # The trainer's inputs are 8-bit levels (every recipe quantizes last); XLA may divide by 255 as a
   # multiplication, so its floats can sit 1 ulp from level / 255: compare the levels.
   np.testing.assert_array_equal(np.stack([e["degraded"] for e in examples]), np.round(degraded * 255))
   np.testing.assert_array_equal(np.stack([e["target"] for e in examples]), np.round(target * 255))
-  np.testing.assert_allclose(np.stack([e["degraded"] for e in examples]) / np.float32(255), degraded,
-                             atol=1e-7)
-  # In the trainer's interface, the same numbers as its dm-pix evaluation (a float32 PSNR / SSIM with
-  # the same window and constants), computed another way.
+  # In the trainer's interface, the same numbers as a dm-pix evaluation of the same images (float32
+  # PSNR / SSIM with the same window and constants), computed another way.
   ours, grids = held_out.held_out_evaluator(config, model, mesh, batch_sh)(params)
-  theirs, _ = trainer_eval(params)
+  restored = degrade.quantize(model.apply({"params": params}, jnp.asarray(degraded)))
+  theirs = {
+      "eval/psnr": float(jnp.mean(dm_pix.psnr(restored, target))),
+      "eval/ssim": float(jnp.mean(dm_pix.ssim(restored, target))),
+      "eval/input_psnr": float(jnp.mean(dm_pix.psnr(jnp.asarray(degraded), target))),
+      "eval/input_ssim": float(jnp.mean(dm_pix.ssim(jnp.asarray(degraded), target))),
+  }
   assert set(ours) == set(theirs) and grids["eval/degraded_restored_target"].shape == (4, 32, 96, 3)
   for k in ours:
     assert ours[k] == pytest.approx(theirs[k], abs=1e-4), k  # measured: <= 6e-6

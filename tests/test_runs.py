@@ -144,16 +144,28 @@ def test_user_mistakes_give_one_line_errors(tmp_path, args, message):
   _assert_one_line_error(proc, message)
 
 
-def test_unknown_loss_in_a_config_file_is_named(tmp_path):
-  cfg = tmp_path / "bad_loss.py"
-  cfg.write_text(
+def _config_file(tmp_path, name, body):
+  """A config file deriving from configs/default.py:tiny; `body` edits `c` (unlocked)."""
+  path = tmp_path / f"{name}.py"
+  path.write_text(
       "import sys\nsys.path.insert(0, %r)\nfrom configs import default\n"
-      "def get_config():\n  c = default.get_config('tiny')\n  with c.unlocked():\n"
-      "    c.losses.perceptual = {'weight': 1.0}\n  return c\n" % ROOT)
+      "def get_config():\n  c = default.get_config('tiny')\n  with c.unlocked():\n    %s\n  return c\n"
+      % (ROOT, body))
+  return str(path)
+
+
+def test_unknown_loss_in_a_config_file_is_named(tmp_path):
+  cfg = _config_file(tmp_path, "bad_loss", "c.losses.perceptual = {'weight': 1.0}")
   proc = subprocess.run([sys.executable, "-m", "restorejax.main", f"--config={cfg}",
                          f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   _assert_one_line_error(proc, "config.losses: unknown loss term 'perceptual'")
+
+
+def test_malformed_degradation_range_is_named(tmp_path):
+  proc = run_main(str(tmp_path / "w"), "--config.data.degrade.noise_sigma=(nan, nan)", check=False,
+                  timeout=300)
+  _assert_one_line_error(proc, "config.data.degrade: invalid options for 'blur_noise'")
 
 
 def test_unwritable_workdir_is_named(tmp_path):
@@ -164,8 +176,10 @@ def test_unwritable_workdir_is_named(tmp_path):
 
 
 def test_run_that_keeps_failing_stops_with_a_clear_message(tmp_path):
-  proc = run_main(str(tmp_path), "--config.data.degrade.noise_sigma=(nan, nan)",
-                  "--config.max_nonfinite_steps=5", "--config.log_every=5", check=False, timeout=300)
+  cfg = _config_file(tmp_path, "nan_noise", "c.data.degrade.noise_sigma = (float('nan'), float('nan'))")
+  proc = subprocess.run([sys.executable, "-m", "restorejax.main", f"--config={cfg}",
+                         f"--workdir={tmp_path / 'w'}", "--config.max_nonfinite_steps=5",
+                         "--config.log_every=5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   _assert_one_line_error(proc, "consecutive steps up to step 5 had a non-finite loss or gradient")
 
 

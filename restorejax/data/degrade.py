@@ -432,6 +432,10 @@ def from_config_with_task(cfg) -> Callable[[jax.Array, jnp.ndarray], tuple[jnp.n
     jax.eval_shape(fn, jax.random.key(0), jax.ShapeDtypeStruct((16, 16, 3), jnp.float32))
   except ValueError as e:
     raise ValueError(f"config.data.degrade.{e}") from None
+  except (TypeError, IndexError) as e:  # e.g. a range that is not two numbers
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    raise ValueError(f"config.data.degrade: invalid options for {cfg['name']!r} ({given}): "
+                     f"{type(e).__name__}: {' '.join(str(e).split())}") from None
   return fn
 
 

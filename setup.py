@@ -45,6 +45,9 @@ setuptools.setup(
         "console_scripts": [
             "restorejax-train=restorejax.main:run",
             "restorejax-bench=restorejax.bench:run",
+            "restorejax-evaluate=restorejax.evaluate:run",
+            "restorejax-restore=restorejax.restore:run",
+            "restorejax-gir=restorejax.evaluation.gir_run:run",
         ],
     },
 )

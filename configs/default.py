@@ -56,7 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "read_threads": 2,
       "degrade": degrade.default_config(),
   })
-  c.eval = ml_collections.ConfigDict({"batch_size": 8})
+  c.eval = ml_collections.ConfigDict({
+      "batch_size": 8,
+      "dataset": "default",             # 'default' (held-out procedural set) or 'folder:DEGRADED,TARGET[,PRIOR]'
+      "crop_border": 0,                 # BasicSR metric conventions, stated in every report
+      "test_y_channel": False,
+  })
 
   c.losses = losses.default_config(l1=1.0)
   c.optim = optim.default_config()

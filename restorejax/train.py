@@ -79,8 +79,9 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: op
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                                 state.ema_params, params)
+    # EMA warm-up (as TF / timm): early on the average must not hold on to the random init.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = state.replace(
         step=state.step + 1,
@@ -177,25 +178,8 @@ def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainS
 
 def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
   """Parameters (and EMA) from another run or a converted checkpoint; optimizer and step start afresh."""
-  loaded = checkpoint.load_params(path)
-  want = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
-  problems = []
-  for k, v in want:
-    name = jax.tree_util.keystr(k)
-    if name not in have:
-      problems.append(f"{name} missing")
-    elif have[name].shape != v.shape:
-      problems.append(f"{name} has shape {have[name].shape}, the model wants {v.shape}")
-  extra = set(have) - {jax.tree_util.keystr(k) for k, _ in want}
-  problems += [f"{name} unexpected" for name in sorted(extra)]
-  if problems:
-    raise ValueError(f"config.init_from={path}: parameters do not fit the model: "
-                     + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-  loaded = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.params),
-                                        [have[jax.tree_util.keystr(k)] for k, _ in want])
-  params = sharding.replicated_to_global(jax.tree_util.tree_map(np.asarray, loaded), param_sh)
-  params = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), params, state.params)
+  loaded = checkpoint.fit(checkpoint.load_params(path), state.params, f"config.init_from={path}")
+  params = sharding.replicated_to_global(loaded, param_sh)
   return state.replace(params=params, ema_params=params)
 
 

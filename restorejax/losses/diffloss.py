@@ -103,23 +103,12 @@ def read_prior(path: str) -> Prior:
 def build_aux(*, prior: str = "", **unused: Any) -> dict[str, Any]:
   """`aux['diffloss']`: the prior's parameters as host (numpy) float32 arrays, checked against its network."""
   del unused
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from restorejax import checkpoint  # pylint: disable=g-import-not-at-top
   from restorejax.convert import adm as convert_adm  # pylint: disable=g-import-not-at-top
   spec = read_prior(prior)
   params = checkpoint.load_params(prior)  # a training run's EMA parameters
-  want = traverse_util.flatten_dict(convert_adm.param_shapes(spec.model()), sep="/")
-  have = traverse_util.flatten_dict(params, sep="/")
-  problems = [f"{k} missing" for k in want if k not in have]
-  problems += [f"{k} unexpected" for k in have if k not in want]
-  problems += [f"{k} has shape {tuple(have[k].shape)}, the network wants {want[k].shape}"
-               for k in want if k in have and tuple(have[k].shape) != want[k].shape]
-  if problems:
-    raise ValueError(f"config.losses.{NAME}.prior={prior}: parameters do not fit its config.json: "
-                     + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-  return {"params": traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in have.items()},
-                                                 sep="/")}
+  like = convert_adm.param_shapes(spec.model())
+  return {"params": checkpoint.fit(params, like, f"config.losses.{NAME}.prior={prior}")}
 
 
 def diffloss(restored, batch, *, aux, prior: str = "", naturalness: float = 1.0, semantic: float = 1e-3,

@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tensorflow>=2.18,<2.22; sys_platform != 'linux'",
     "tensorboard>=2.18,<2.22",
     "array-record>=0.7.1,<0.9",
+    "msgpack>=1.0,<2",
     "numpy>=1.26,<3",
     "pillow>=10.0,<14",
     "absl-py>=2.1,<3",

@@ -24,7 +24,7 @@ from clu import parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
-from restorejax.data import degrade, pipeline
+from restorejax.data import degrade, pipeline, priors
 
 
 class TrainingError(RuntimeError):
@@ -51,11 +51,19 @@ def data_key(config: ml_collections.ConfigDict, split: str) -> jax.Array:
 
 
 def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Array) -> dict[str, jax.Array]:
-  """uint8 images -> float32 in [0, 1]; `degraded` synthesised from `target` (keyed by example index)."""
+  """uint8 images -> float32 in [0, 1]; what the source lacks is synthesised, keyed by example index.
+
+  `degraded` comes from `degrade_fn(target)` when absent; a batch with `prior_severity` (simulated priors,
+  see `restorejax.data.pipeline`) gets `prior = quantize(simulate_prior(target, severity))` instead.
+  """
   out = {k: v.astype(jnp.float32) / 255.0 if v.dtype == jnp.uint8 else v for k, v in batch.items()}
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
   if "degraded" not in out:
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
     out["degraded"] = jax.vmap(degrade_fn)(keys, out["target"])
+  if "prior_severity" in out:
+    severity = out.pop("prior_severity")
+    prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)  # a stream apart from degrade_fn's
+    out["prior"] = degrade.quantize(jax.vmap(priors.simulate_prior)(prior_keys, out["target"], severity))
   return out
 
 

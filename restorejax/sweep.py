@@ -155,14 +155,14 @@ def bar_chart(path: str, rows: list[dict[str, Any]], title: str) -> None:
     font = small = ImageFont.load_default()
   panels = [("eval/psnr", "eval/input_psnr", "PSNR (dB)", 2), ("eval/ssim", "eval/input_ssim", "SSIM", 4)]
   n = max(len(rows), 1)
-  bar_w, gap, left, top, panel_h, label_h = 44, 18, 70, 40, 260, 150
+  bar_w, gap, left, top, panel_h, label_h = 44, 18, 70, 40, 260, 160
   width = left + n * (bar_w + gap) + 40
-  height = top + len(panels) * (panel_h + label_h)
+  height = top + len(panels) * (panel_h + label_h + 20)
   image = Image.new("RGB", (max(width, 420), height), "white")
   draw = ImageDraw.Draw(image)
   draw.text((10, 10), title, fill="black", font=font)
   for p, (key, input_key, label, digits) in enumerate(panels):
-    y0 = top + p * (panel_h + label_h) + 20
+    y0 = top + p * (panel_h + label_h + 20) + 30
     values = [r.get(key) for r in rows]
     inputs = [r.get(input_key) for r in rows if r.get(input_key) is not None]
     known = [v for v in values if v is not None] + inputs
@@ -172,7 +172,7 @@ def bar_chart(path: str, rows: list[dict[str, Any]], title: str) -> None:
     span = max(hi - lo, 1e-6)
     lo, hi = lo - 0.15 * span, hi + 0.1 * span  # bars start below the smallest value, so differences show
     to_y = lambda v: y0 + panel_h - (v - lo) / (hi - lo) * panel_h
-    draw.text((10, y0 - 18), label, fill="black", font=font)
+    draw.text((left, y0 - 26), label, fill="black", font=font)
     draw.line([(left - 5, y0), (left - 5, y0 + panel_h)], fill="black")
     draw.line([(left - 5, y0 + panel_h), (width - 20, y0 + panel_h)], fill="black")
     for tick in (lo, (lo + hi) / 2, hi):
@@ -182,9 +182,11 @@ def bar_chart(path: str, rows: list[dict[str, Any]], title: str) -> None:
       if v is not None:
         draw.rectangle([x, to_y(v), x + bar_w, y0 + panel_h], fill=(70, 110, 180) if i else (120, 120, 120))
         draw.text((x, to_y(v) - 15), f"{v:.{digits}f}", fill="black", font=small)
-      # Variant names run upwards under their bars (long names do not fit across a bar).
+      # Variant names run upwards under their bars, ending at the axis (long names do not fit across).
       text = Image.new("RGBA", (label_h - 10, 16), (255, 255, 255, 0))
-      ImageDraw.Draw(text).text((0, 0), row["variant"], fill="black", font=small)
+      name_draw = ImageDraw.Draw(text)
+      name_draw.text((label_h - 10 - name_draw.textlength(row["variant"], font=small), 0), row["variant"],
+                     fill="black", font=small)
       text = text.rotate(90, expand=True)
       image.paste(text, (x + bar_w // 2 - 8, int(y0 + panel_h + 5)), text)
     if inputs:

@@ -66,7 +66,7 @@ class StepBench:
     self.compile_s = time.perf_counter() - t0
     self.flops = throughput.step_flops(
         lambda t: train.make_train_step(t, tx, lr, config),
-        lambda t: train._init_state(t, tx, jax.random.PRNGKey(0)),  # pylint: disable=protected-access
+        lambda t: train.init_state(t, tx, jax.random.PRNGKey(0)),
         task, self.batch, self.aux) / jax.device_count()
     self.peak = throughput.peak_flops(override=config.peak_flops_per_device)
     self.times: list[float] = []

@@ -157,7 +157,7 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
 
 
-def _init_state(task, tx, rng) -> TrainState:
+def init_state(task, tx, rng) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   params = task.init_params(init_rng)
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema_params=params,
@@ -171,7 +171,7 @@ def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainS
   rules; scalars are replicated.
   """
   repl = sharding.replicated(mesh)
-  init_fn = functools.partial(_init_state, task, tx)
+  init_fn = functools.partial(init_state, task, tx)
   shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
   param_sh = sharding.param_shardings(shapes.params, config, mesh)
   state_sh = TrainState(
@@ -256,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   compile_s = time.time() - t0
   flops = throughput.step_flops(
       lambda t: make_train_step(t, tx, lr_schedule, config),
-      lambda t: _init_state(t, tx, jax.random.PRNGKey(0)), task, batch_spec, aux) / jax.device_count()
+      lambda t: init_state(t, tx, jax.random.PRNGKey(0)), task, batch_spec, aux) / jax.device_count()
   peak = throughput.peak_flops(override=config.peak_flops_per_device)
   logging.info("Train step compiled in %.1fs; %.3g FLOPs per device per step.", compile_s, flops)
   writer.write_scalars(first_step, {"train/compile_s": compile_s})

@@ -112,15 +112,24 @@ def test_eight_devices_with_fsdp_follow_the_one_device_curve(reference, tmp_path
   _assert_same_curve(workdir, reference, rtol=1e-4)
 
 
-def test_two_processes_through_the_launch_script_agree_with_one(reference, tmp_path):
+def test_two_processes_preempted_and_resumed_agree_with_one(reference, tmp_path):
+  """launch/local.sh: SIGTERM reaches both processes, which save the same step (JAX's preemption sync
+  point) and exit cleanly; relaunching resumes; the loss curve is the one-process curve."""
   workdir = str(tmp_path)
-  proc = subprocess.run(
-      [os.path.join(ROOT, "launch", "local.sh"), "2", f"--config={ROOT}/configs/default.py:tiny",
-       f"--workdir={workdir}", *RUN],
-      cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+  cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", f"--config={ROOT}/configs/default.py:tiny",
+         f"--workdir={workdir}", *RUN]
+  env = {**os.environ, "PYTHON": sys.executable}
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(proc, workdir, 20)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 0, stderr[-4000:]
+  assert stderr.count("Preempted (SIGTERM): saved step") == 2, stderr[-4000:]
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   s = read_summary(workdir)
-  assert s["processes"] == 2 and s["steps"] == 80
+  assert s["processes"] == 2 and s["steps"] == 80 and s["resumed_from_step"] >= 20
   _assert_same_curve(workdir, reference, rtol=1e-4)
 
 

@@ -17,7 +17,7 @@ def setup():
   config = tiny_config(**{"optim.ema_decay": 0.9, "optim.warmup_steps": 0})
   task = tasks.build(config)
   tx, lr = optim.build(config.optim, 100)
-  state = jax.jit(functools.partial(train._init_state, task, tx))(jax.random.PRNGKey(0))
+  state = jax.jit(functools.partial(train.init_state, task, tx))(jax.random.PRNGKey(0))
   step = jax.jit(train.make_train_step(task, tx, lr, config))
   batch = next(iter(pipeline.train_dataset(config)))
   return config, state, step, batch
@@ -82,7 +82,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
   config = tiny_config(**{"model.dtype": "bfloat16"})
   task = tasks.build(config)
   tx, lr = optim.build(config.optim, 100)
-  state = jax.jit(functools.partial(train._init_state, task, tx))(jax.random.PRNGKey(0))
+  state = jax.jit(functools.partial(train.init_state, task, tx))(jax.random.PRNGKey(0))
   step = jax.jit(train.make_train_step(task, tx, lr, config))
   batch = next(iter(pipeline.train_dataset(config)))
   new, _ = step(state, batch, {})       # the warm-up's first learning rate is 0

@@ -5,6 +5,7 @@ The prior is a toy ADM UNet with every parameter random (a fresh one's zero outp
 make the naturalness term vacuous), written as a run directory the way the converter writes one.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -114,6 +115,22 @@ def test_resizes_to_the_prior_resolution(prior, probe):
   np.testing.assert_allclose(big(x, y), probe(down(x), down(y), params, 1.0, 1e-3)[0][0], rtol=1e-5)
 
 
+def test_remat_and_bfloat16_compute_the_same_loss(prior, probe):
+  path, params = prior
+  (value, _), (grad, _) = probe(Y, X, params, 1.0, 1e-3)
+
+  def with_options(**options):
+    fn = lambda r: diffloss.diffloss(r, {"target": X}, aux=_aux(params), prior=path, num_t=2, **options)[0]
+    return jax.jit(jax.value_and_grad(fn))(Y)
+
+  remat_value, remat_grad = with_options(remat=True)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+  np.testing.assert_allclose(remat_grad, grad, rtol=1e-4, atol=1e-6 * float(jnp.abs(grad).max()))
+  bf16 = jax.jit(lambda r: diffloss.diffloss(r, {"target": X}, aux=_aux(params), prior=path, num_t=2,
+                                             dtype="bfloat16")[0])(Y)
+  np.testing.assert_allclose(bf16, value, rtol=0.05)
+
+
 def test_prior_stays_frozen_through_train_steps(prior):
   path, params = prior
   # DiffLoss alone: the restorer learns only if its gradients pass through the frozen UNet.
@@ -124,7 +141,7 @@ def test_prior_stays_frozen_through_train_steps(prior):
     np.testing.assert_array_equal(a, b)
   before = jax.tree_util.tree_map(np.array, task.aux)
   tx, lr = optim.build(config.optim, 10)
-  state = jax.jit(functools.partial(train._init_state, task, tx))(jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  state = jax.jit(functools.partial(train.init_state, task, tx))(jax.random.PRNGKey(0))
   assert "diffloss" not in state.params and not any(
       "diffloss" in jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(state)[0])
   step = jax.jit(train.make_train_step(task, tx, lr, config))
@@ -188,3 +205,17 @@ def test_converted_official_checkpoint_is_a_prior(tmp_path, monkeypatch):
   aux = diffloss.build_aux(prior=out)
   np.testing.assert_array_equal(aux["params"]["out_conv"]["kernel"], sd["out.2.weight"].transpose(2, 3, 1, 0))
   assert len(jax.tree_util.tree_leaves(aux)) == len(sd)
+  # The unified command line writes the same directory from an .npz state dict.
+  from restorejax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  np.savez(tmp_path / "official.npz", **sd)
+  out2 = str(tmp_path / "official2")
+  assert cli.main(["--arch", "adm", "--preset", "tiny", "--src", str(tmp_path / "official.npz"), "--out", out2]) == 0
+  assert diffloss.read_prior(out2) == dataclasses.replace(spec, path=out2)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, diffloss.build_aux(prior=out2), aux)
+
+
+def test_prior_directory_may_be_relative(prior, monkeypatch):
+  path, params = prior
+  monkeypatch.chdir(os.path.dirname(path))  # e.g. the default runs/diffusion_prior
+  aux = diffloss.build_aux(prior=os.path.basename(path))
+  np.testing.assert_array_equal(aux["params"]["out_conv"]["kernel"], params["out_conv"]["kernel"])

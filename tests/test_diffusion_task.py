@@ -58,3 +58,17 @@ def test_held_out_loss_is_deterministic_and_sample_grid_layout(run):
   grid = diffusion.sample_grid(tiles)[0]
   assert grid.shape == (4, 9, 3)  # 5 samples: 3 columns, 2 rows, the last tile blank
   assert grid[0, 3, 0] == 64 and grid[2, 0, 0] == 191 and grid[2, 6, 0] == 0
+
+
+def test_the_64_variant_builds():
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from configs import diffusion_prior  # pylint: disable=g-import-not-at-top
+  config = diffusion_prior.get_config("64")
+  task = tasks.build(config)
+  params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+  assert task.size == 64 and task.model.image_size == 64 and len(task.model.channel_mult) == 4
+  assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)) > 1e6
+  with pytest.raises(ValueError, match="unknown variant '128'"):
+    diffusion_prior.get_config("128")

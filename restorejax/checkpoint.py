@@ -29,7 +29,8 @@ def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointMa
       enable_async_checkpointing=True,
       create=True,
   )
-  return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
+  # orbax's tensorstore back end needs absolute paths; a relative --workdir is the user's right.
+  return ocp.CheckpointManager(epath.Path(os.path.abspath(workdir)) / "checkpoints", options=options)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) -> bool:
@@ -73,7 +74,7 @@ def load_params(path: str, *, prefer_ema: bool = True) -> dict[str, Any]:
 
   From a training checkpoint the EMA parameters are returned when `prefer_ema` (what evaluation uses).
   """
-  p = epath.Path(path)
+  p = epath.Path(os.path.abspath(path))
   if not p.exists():
     raise ValueError(f"{path}: no such run directory or checkpoint")
   if (p / "state").exists():                     # checkpoints/<step>
@@ -124,7 +125,7 @@ def export_params(workdir: str, config: ml_collections.ConfigDict, params: Any) 
 
   `config.init_from=workdir` warm-starts from it and the evaluation / restore commands take it as it is.
   """
-  p = epath.Path(workdir)
+  p = epath.Path(os.path.abspath(workdir))
   p.mkdir(parents=True, exist_ok=True)
   write_config(workdir, config)
   with ocp.StandardCheckpointer() as ckptr:

@@ -69,6 +69,18 @@ def image_grid(*columns: np.ndarray, count: int = 4) -> np.ndarray:
   return (np.concatenate(cols, axis=2) * 255.0 + 0.5).astype(np.uint8)
 
 
+def write_image_files(workdir: str, images: Mapping[str, np.ndarray]) -> None:
+  """The final evaluation's images as PNGs in the run directory: 'eval/samples' -> samples.png; the
+  examples of one (N, H, W, 3) uint8 batch are stacked vertically."""
+  if jax.process_index() > 0:
+    return
+  from restorejax.data import images as image_io  # pylint: disable=g-import-not-at-top
+  for name, batch in images.items():
+    batch = np.asarray(batch)
+    file = name.split("/", 1)[-1].replace("/", "_") + ".png"
+    image_io.write_png(os.path.join(workdir, file), batch.reshape((-1,) + batch.shape[2:]))
+
+
 def fingerprint(tree: Any) -> str:
   """SHA-256 of every leaf's bytes, in tree order (with paths): equal iff the trees are bit-identical."""
   h = hashlib.sha256()

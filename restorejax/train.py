@@ -269,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   interval_start, interval_steps = time.time(), 0
   train_time, trained_steps = 0.0, 0
   eval_results: dict[str, float] = {}
+  eval_images: dict[str, np.ndarray] = {}
   step = first_step
 
   def flush_pending():
@@ -331,7 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Final evaluation and summary -----------------------------------------------------------------
   if not eval_results:
-    eval_results, _ = evaluator(state.ema_params)
+    eval_results, eval_images = evaluator(state.ema_params)
+  reporting.write_image_files(workdir, eval_images)  # e.g. samples.png of a diffusion prior
   host_params = sharding.to_host(state.params)
   summary = {
       **eval_results,

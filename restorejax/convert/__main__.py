@@ -7,6 +7,10 @@ builds `config.model` from the preset (plus `--set field=value` overrides, e.g. 
 start a prior-aware network from official weights), converts, and writes the directory with
 `restorejax.checkpoint.export_params`, so that `config.init_from=DIR` and the restore command take it as it
 is. The run config around the model is `configs/default.py`'s `get_config()` when the source tree is at hand.
+
+`--arch adm` (guided-diffusion UNets, presets of `restorejax.models.adm_unet.ADM_PRESETS`) writes a
+diffusion-prior directory instead (task 'diffusion', see `restorejax.convert.adm.export_prior`), which
+DiffLoss's `config.losses.diffloss.prior` takes.
 """
 
 import argparse
@@ -49,7 +53,7 @@ def run_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m restorejax.convert", description=__doc__.split("\n")[0])
-  parser.add_argument("--arch", required=True, choices=sorted(convert.CONVERTERS))
+  parser.add_argument("--arch", required=True, choices=sorted(convert.CONVERTERS) + ["adm"])
   parser.add_argument("--preset", required=True, help="official configuration (see --list)")
   parser.add_argument("--src", required=True, help=".pth/.pt/.safetensors/.npz (or DehazeNet's .mat)")
   parser.add_argument("--out", required=True, help="directory to write")
@@ -60,13 +64,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="override a config.model field (repeatable)")
   args = parser.parse_args(argv)
 
-  model_cfg = convert.preset_config(args.arch, args.preset)
+  if args.arch == "adm":
+    from restorejax.models import adm_unet  # pylint: disable=g-import-not-at-top
+    model_cfg = adm_unet.default_config(args.preset)
+  else:
+    model_cfg = convert.preset_config(args.arch, args.preset)
   for item in args.set:
     field, sep, value = item.partition("=")
     if not sep or field not in model_cfg:
       raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(model_cfg))}")
     model_cfg[field] = _value(value)
   state = torch_io.load_state_dict(args.src, key=args.key)
+  if args.arch == "adm":
+    from restorejax.convert import adm  # pylint: disable=g-import-not-at-top
+    params = adm.convert(state, model_cfg)
+    count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    print(f"{args.src}: {len(state)} tensors -> {count:,} parameters (adm {args.preset})")
+    adm.export_prior(args.out, params, model_cfg)
+    print(f"wrote {args.out}")
+    return 0
   params = convert.convert(args.arch, state, model_cfg)
   count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
   print(f"{args.src}: {len(state)} tensors -> {count:,} parameters ({args.arch} {args.preset})")

@@ -1,9 +1,24 @@
 """The training loss: a weighted sum of terms chosen in `config.losses`.
 
 `config.losses.<name> = {weight: w, <option>: value, ...}`. Each term is a pure function
-`term(restored, batch, *, aux, **options) -> scalar`; `aux` holds frozen models a term needs (never part
-of the train state). A term with weight 0 is not computed at all, so ablating a term is one override:
-`--config.losses.charbonnier.weight=0`. Every computed term is logged as `train/loss/<name>`.
+`term(restored, batch, *, aux, **options) -> scalar` (or `(scalar, {part: scalar})`, whose parts are
+logged too); `aux` holds frozen models a term needs (never part of the train state). A term with weight 0
+is not computed at all, so ablating a term is one override: `--config.losses.charbonnier.weight=0`.
+Every computed term is logged as `train/loss/<name>` (its parts as `train/loss/<name>/<part>`).
+
+Terms:
+  against the target (pixel.py)   l1, l2, charbonnier, psnr, ssim (1 - SSIM), fft (FFT L1)
+  DiffLoss (diffloss.py)          diffloss: a frozen diffusion prior (`prior` = its run directory)
+  against the prior (prior.py)    prior_color, prior_patch, prior_gradient, prior_shift_l1; they never
+                                  read `target`, so they also supervise where no ground truth exists
+
+Adding a term that needs a frozen network, e.g. a perceptual (VGG) loss, which is not shipped because no
+VGG weights can be downloaded where this project is built: write `perceptual(restored, batch, *, aux,
+weights: str = '', layers=...)` reading its network's parameters from `aux['perceptual']`, register it in
+`TERMS`, and register `AUX_BUILDERS['perceptual'] = fn(**options) -> pytree of host arrays` that loads
+them from the file named by an option (convert torchvision's VGG19 like `restorejax.convert` does the
+zoo). The trainer shards `aux` by the config's sharding rules under paths `perceptual/...` and passes it
+to every step; it is never updated.
 """
 
 import inspect
@@ -12,13 +27,21 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import ml_collections
 
-from restorejax.losses import pixel
+from restorejax.losses import diffloss as diffloss_lib
+from restorejax.losses import pixel, prior
 
 TERMS: dict[str, Callable[..., Any]] = {
     "l1": pixel.l1,
     "l2": pixel.l2,
     "charbonnier": pixel.charbonnier,
     "psnr": pixel.psnr,
+    "ssim": pixel.ssim,
+    "fft": pixel.fft,
+    "diffloss": diffloss_lib.diffloss,
+    "prior_color": prior.prior_color,
+    "prior_patch": prior.prior_patch,
+    "prior_gradient": prior.prior_gradient,
+    "prior_shift_l1": prior.prior_shift_l1,
 }
 
 
@@ -39,11 +62,14 @@ def default_config(**weights: float) -> ml_collections.ConfigDict:
 
 # Terms that need frozen models or tables: name -> fn(options) -> pytree of host arrays, given to the
 # term as `aux[name]` (it lives outside the train state and is never updated).
-AUX_BUILDERS: dict[str, Callable[..., Any]] = {}
+AUX_BUILDERS: dict[str, Callable[..., Any]] = {
+    "diffloss": diffloss_lib.build_aux,
+}
 
 
 class WeightedLoss:
-  """`loss(restored, batch, aux) -> (total, {name: unweighted term value})`; `.aux` holds what terms need."""
+  """`loss(restored, batch, aux) -> (total, {name: unweighted term value, 'name/part': ...})`; `.aux` holds
+  what the terms need."""
 
   def __init__(self, active: list[tuple[str, float, dict[str, Any]]], aux: dict[str, Any]):
     self.active = active
@@ -51,7 +77,13 @@ class WeightedLoss:
 
   def __call__(self, restored, batch, aux=None):
     restored = restored.astype(jnp.float32)
-    terms = {name: TERMS[name](restored, batch, aux=aux, **opts) for name, _, opts in self.active}
+    terms = {}
+    for name, _, opts in self.active:
+      value = TERMS[name](restored, batch, aux=aux, **opts)
+      if isinstance(value, tuple):
+        value, parts = value
+        terms.update({f"{name}/{part}": v for part, v in parts.items()})
+      terms[name] = value
     total = sum(w * terms[name] for name, w, _ in self.active)
     return total, terms
 

@@ -5,6 +5,11 @@ breaks `import restorejax`. Every network is a Flax Linen module called as `mode
 on NHWC float images in [0, 1], agnostic of sharding. The config block holds `name` plus the module's
 own fields; each network module's `PRESETS` maps its official configurations to such field values
 (`restorejax.convert.preset_config(name, preset)` builds the block).
+
+`GENERATIVE` lists the networks that are not restorers (other call signatures) but are built from a
+`config.model` block the same way: 'adm_unet' (`model(x_t, t) -> (eps, h)`, the diffusion UNet of the
+'diffusion' task and of DiffLoss; its block is `restorejax.models.adm_unet.default_config(preset)` plus
+`name: 'adm_unet'`).
 """
 
 import dataclasses
@@ -21,11 +26,16 @@ MODELS = {
     "dehazenet": ("restorejax.models.dehazenet", "DehazeNet"),
 }
 
+GENERATIVE = {
+    "adm_unet": ("restorejax.models.adm_unet", "ADMUNet"),
+}
+
 
 def model_class(name: str) -> type:
-  if name not in MODELS:
-    raise ValueError(f"config.model.name: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
-  module, cls = MODELS[name]
+  table = {**MODELS, **GENERATIVE}
+  if name not in table:
+    raise ValueError(f"config.model.name: unknown model {name!r} (known: {', '.join(sorted(table))})")
+  module, cls = table[name]
   return getattr(importlib.import_module(module), cls)
 
 

@@ -6,9 +6,10 @@ the released checkpoints: GroupNorm32 (32 groups, eps 1e-5, computed in float32)
 scale-shift conditioning, residual up/down blocks, legacy or new QKV ordering, zero-initialised output
 convolutions, and the cos-first sinusoidal timestep embedding.
 
-It is not a restorer (`model(degraded, prior)`), so it is not in `MODELS`: build it with
-`build(default_config(preset))` / `build(preset, **overrides)` from `ADM_PRESETS`, or from
-`config_from_flags(...)` (the official command-line flags).
+It is not a restorer (`model(degraded, prior)`), so it is not in `MODELS` but in `models.GENERATIVE`:
+build it with `build(default_config(preset))` / `build(preset, **overrides)` from `ADM_PRESETS`, from
+`config_from_flags(...)` (the official command-line flags), or as a run's `config.model` block
+(`default_config(preset)` carries `name: 'adm_unet'`, so `restorejax.models.build` takes it too).
 `model.apply({'params': params}, x, t, y=None, cond=None, train=False) -> (out, h)` with `x` in [-1, 1]
 (NHWC), `t` integer or continuous timesteps of shape (B,) or scalar, `out` the eps (and variance)
 prediction, float32, and `h` the middle-block output ("h-space", 8x8x1024 at 256x256 in the official
@@ -389,23 +390,28 @@ ADM_PRESETS: Mapping[str, dict[str, Any]] = {
 
 
 def default_config(preset: str = "imagenet256-uncond") -> ml_collections.ConfigDict:
-  """Every ADMUNet field for a preset (the config block a run holds), e.g. `default_config('tiny')`."""
+  """`name: 'adm_unet'` and every ADMUNet field for a preset (a run's `config.model` block), e.g.
+  `default_config('tiny')`."""
   if preset not in ADM_PRESETS:
     raise ValueError(f"adm preset: unknown {preset!r} (known: {', '.join(ADM_PRESETS)})")
-  fields = {f.name: f.default for f in dataclasses.fields(ADMUNet)
-            if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+  fields = {"name": "adm_unet"}
+  fields.update({f.name: f.default for f in dataclasses.fields(ADMUNet)
+                 if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING})
   fields.update(ADM_PRESETS[preset])
   return ml_collections.ConfigDict(fields)
 
 
 def build(preset_or_config: str | Mapping[str, Any], **overrides: Any) -> ADMUNet:
-  """An ADMUNet from a preset name or a mapping of fields (e.g. a ConfigDict), plus field overrides."""
+  """An ADMUNet from a preset name or a mapping of fields (e.g. a ConfigDict, whose `name`, if any, must
+  be 'adm_unet'), plus field overrides."""
   if isinstance(preset_or_config, str):
     if preset_or_config not in ADM_PRESETS:
       raise ValueError(f"adm preset: unknown {preset_or_config!r} (known: {', '.join(ADM_PRESETS)})")
     fields = dict(ADM_PRESETS[preset_or_config])
   else:
     fields = dict(preset_or_config)
+    if fields.pop("name", "adm_unet") != "adm_unet":
+      raise ValueError(f"adm config: name is {preset_or_config['name']!r}, not 'adm_unet'")
   fields.update(overrides)
   known = set(ADMUNet.__dataclass_fields__) - {"parent", "name"}
   unknown = sorted(set(fields) - known)

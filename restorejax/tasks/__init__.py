@@ -11,8 +11,8 @@ checkpoints, logging. A task object has:
 - `evaluator(mesh, batch_sharding) -> fn(params) -> (scalars, images)`: scalars named `eval/...`, images a
   dict of uint8 (N, H, W, 3) grids for TensorBoard.
 
-Tasks: 'restoration' (`model(degraded, prior) -> restored`, weighted loss terms; the default) and the others
-listed in TASKS, imported lazily.
+Tasks: 'restoration' (`model(degraded, prior) -> restored`, weighted loss terms; the default) and
+'diffusion' (an unconditional DDPM on the targets: the prior DiffLoss loads), imported lazily.
 """
 
 import importlib
@@ -21,6 +21,7 @@ import ml_collections
 
 TASKS = {
     "restoration": ("restorejax.tasks.restoration", "Restoration"),
+    "diffusion": ("restorejax.tasks.diffusion", "Diffusion"),
 }
 
 

@@ -1,5 +1,5 @@
-"""Restoration: `model(degraded, prior=None) -> restored`, trained with the loss terms of `config.losses`,
-evaluated by PSNR/SSIM of the EMA parameters on the held-out set."""
+"""Restoration: `model(degraded, prior=None, prior_mask=None) -> restored`, trained with the loss terms
+of `config.losses`, evaluated by PSNR/SSIM of the EMA parameters on the held-out set."""
 
 import functools
 from typing import Any
@@ -28,7 +28,8 @@ class Restoration:
     return self.model.init(rng, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
 
   def loss(self, params, batch, rng, aux):
-    restored = self.model.apply({"params": params}, batch["degraded"], batch.get("prior"))
+    restored = self.model.apply({"params": params}, batch["degraded"], batch.get("prior"),
+                                prior_mask=batch.get("prior_mask"))
     return self.loss_fn(restored, batch, {**aux, "rng": rng})
 
   def evaluator(self, mesh, batch_sharding):
@@ -39,7 +40,8 @@ def make_eval_step(model) -> Any:
   """`eval_step(params, batch) -> (per-image metrics, restored)`; outputs rounded to 8 bits, as saved."""
 
   def eval_step(params, batch):
-    restored = model.apply({"params": params}, batch["degraded"], batch.get("prior"))
+    restored = model.apply({"params": params}, batch["degraded"], batch.get("prior"),
+                           prior_mask=batch.get("prior_mask"))
     restored = degrade.quantize(restored)
     return {
         "psnr": dm_pix.psnr(restored, batch["target"]),

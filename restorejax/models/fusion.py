@@ -124,11 +124,6 @@ def append(
   return jnp.concatenate([x, p.astype(x.dtype)], axis=-1)
 
 
-def _match(feat: jnp.ndarray, hw: Sequence[int]) -> jnp.ndarray:
-  """Prior features on the backbone's grid (equal by construction; resized if a backbone pads oddly)."""
-  if tuple(feat.shape[1:3]) == tuple(hw):
-    return feat
-  return jax.image.resize(feat, (feat.shape[0], *hw, feat.shape[-1]), "linear").astype(feat.dtype)
 
 
 class PriorEncoder(nn.Module):
@@ -164,7 +159,9 @@ class SFT(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray) -> jnp.ndarray:
     c = x.shape[-1]
-    cond = _match(cond, x.shape[1:3])
+    if cond.shape[1:3] != x.shape[1:3]:  # a hook given the wrong level: a bug in the network, not input
+      raise ValueError(f"SFT: prior features {cond.shape[1:3]} and backbone features {x.shape[1:3]} "
+                       "are on different grids")
     h = leaky_relu(convs.PointwiseConv(cond.shape[-1], dtype=self.dtype, kernel_init=TORCH_INIT,
                                        name="shared")(cond), 0.2)
     zero = lambda name: convs.PointwiseConv(c, dtype=self.dtype, kernel_init=nn.initializers.zeros,

@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tensorflow>=2.18,<2.22; sys_platform != 'linux'",
     "tensorboard>=2.18,<2.22",
     "array-record>=0.7.1,<0.9",
+    "msgpack>=1.0,<2",
     "numpy>=1.26,<3",
     "pillow>=10.0,<14",
     "absl-py>=2.1,<3",
@@ -45,6 +46,9 @@ setuptools.setup(
         "console_scripts": [
             "restorejax-train=restorejax.main:run",
             "restorejax-bench=restorejax.bench:run",
+            "restorejax-evaluate=restorejax.evaluate:run",
+            "restorejax-restore=restorejax.restore:run",
+            "restorejax-gir=restorejax.evaluation.gir_run:run",
         ],
     },
 )

@@ -55,8 +55,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "num_workers": 0,                 # grain prefetch processes (0: threads in this process)
       "read_threads": 2,
       "degrade": degrade.default_config(),
+      # Priors: the source's prior goes into batches only with use_prior (False: the no-prior ablation).
+      # A source without priors gets simulated ones (from the target, on the device) when enabled.
+      "use_prior": True,
+      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6)},
+      # Other sources (see restorejax/data/pipeline.py); `source` picks one.
+      "records": {"path": "", "eval_path": "", "tasks": ()},
+      "tfds": {"name": "", "config": "", "split": "train", "eval_split": "test", "data_dir": "", "keys": ""},
+      "mixture": {},                    # {component: {source, <source block>, weight, task}}; set in a file
+      "eval_crop": 0,                   # > 0: evaluate on centre crops of this size (mixed-size sets)
+      "eval_max_images": 0,             # > 0: evaluate on the first N held-out images only
   })
-  c.eval = ml_collections.ConfigDict({"batch_size": 8})
+  c.eval = ml_collections.ConfigDict({
+      "batch_size": 8,
+      "dataset": "default",             # 'default' (held-out procedural set) or 'folder:DEGRADED,TARGET[,PRIOR]'
+      "crop_border": 0,                 # BasicSR metric conventions, stated in every report
+      "test_y_channel": False,
+  })
 
   c.losses = losses.default_config(l1=1.0)
   c.optim = optim.default_config()

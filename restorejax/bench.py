@@ -2,12 +2,15 @@
 
   python -m restorejax.bench step --config=configs/default.py [--baseline=configs/default.py:tiny]
   python -m restorejax.bench data --config=configs/default.py
+  python -m restorejax.bench convs --config=configs/default.py
 
 `step`: compile time, step time (median of timed steps after warm-up), images/s, images/s/device,
 FLOPs per step (XLA cost analysis) and MFU when the device's peak is known. With `--baseline`, the same
 figures for a second config measured in the same process, interleaved, and their ratios: the way to compare
 on a shared, noisy machine (e.g. the cost of DiffLoss over a plain step).
 `data`: triples/s of the host input pipeline and of the on-device degradation (see restorejax/data/bench.py).
+`convs`: forward+backward time of Flax's 1x1 and depthwise `nn.Conv` against `restorejax.models.convs`
+at the config's batch, patch and 2x width (why the networks use the latter).
 Also installed as `restorejax-bench`. Record results in BENCHMARKS.md with the command, machine and date.
 """
 
@@ -115,12 +118,42 @@ def bench_step() -> dict:
   return results
 
 
+def bench_convs() -> dict:
+  """Forward+backward of nn.Conv's 1x1 and depthwise convolutions against restorejax.models.convs."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from restorejax.models import convs  # pylint: disable=g-import-not-at-top
+  b, s, c = FLAGS.config.data.batch_size, FLAGS.config.data.patch_size, 2 * FLAGS.config.model.width
+  x = jax.random.normal(jax.random.PRNGKey(0), (b, s, s, c))
+  pairs = {
+      "pointwise": (nn.Conv(2 * c, (1, 1)), convs.PointwiseConv(2 * c)),
+      "depthwise": (nn.Conv(c, (3, 3), padding=1, feature_group_count=c), convs.DepthwiseConv(3)),
+  }
+  out = {"shape": [b, s, s, c]}
+  for name, (ref, ours) in pairs.items():
+    params = ref.init(jax.random.PRNGKey(1), x)
+    times = {}
+    for label, mod in (("nn_conv", ref), ("convs", ours)):
+      grad = jax.jit(jax.grad(lambda p, x, m=mod: jnp.mean(m.apply(p, x) ** 2), argnums=(0, 1)))
+      jax.block_until_ready(grad(params, x))
+      runs = []
+      for _ in range(FLAGS.rounds * FLAGS.steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad(params, x))
+        runs.append(time.perf_counter() - t0)
+      times[label] = 1e3 * statistics.median(runs)
+    out[name] = {"nn_conv_fwd_bwd_ms": times["nn_conv"], "convs_fwd_bwd_ms": times["convs"],
+                 "speedup": times["nn_conv"] / times["convs"]}
+  return out
+
+
 def bench_data() -> dict:
   from restorejax.data import bench as data_bench  # pylint: disable=g-import-not-at-top
   return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
 
 
-COMMANDS = {"step": bench_step, "data": bench_data}
+COMMANDS = {"step": bench_step, "data": bench_data, "convs": bench_convs}
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from restorejax import sharding
+
 CONFIG_FILE = "config.json"
 
 
@@ -86,6 +88,24 @@ def load_params(path: str, *, prefer_ema: bool = True) -> dict[str, Any]:
   if (p / "_CHECKPOINT_METADATA").exists() or (p / "_METADATA").exists():
     return _restore_subtree(p, ("params",))["params"]
   raise ValueError(f"{path}: holds neither checkpoints/ nor params/ (is it a restorejax run directory?)")
+
+
+def fit(loaded: Any, like: Any, what: str) -> Any:
+  """`loaded` (host arrays) rearranged as the tree `like` (same '/'-paths and shapes, `like`'s dtypes).
+
+  A ValueError names what does not fit (missing, unexpected, other shapes), prefixed by `what`.
+  """
+  want = [(sharding.path_str(k), v) for k, v in jax.tree_util.tree_flatten_with_path(like)[0]]
+  have = {sharding.path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  problems = [f"{name} missing" for name, _ in want if name not in have]
+  problems += [f"{name} has shape {tuple(np.shape(have[name]))}, the model expects {tuple(v.shape)}"
+               for name, v in want if name in have and tuple(np.shape(have[name])) != tuple(v.shape)]
+  problems += [f"{name} unexpected" for name in sorted(set(have) - {name for name, _ in want})]
+  if problems:
+    raise ValueError(f"{what}: parameters do not fit the model: " + "; ".join(problems[:5])
+                     + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
+                                      [np.asarray(have[name], v.dtype) for name, v in want])
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -17,7 +17,7 @@ def default_config() -> ml_collections.ConfigDict:
       "weight_decay": 0.0,
       "grad_clip_norm": 1.0,     # global-norm clipping; 0 turns it off (NAFNet/Restormer use 0.01)
       "accumulate_steps": 1,     # gradient accumulation: one update every k steps
-      "ema_decay": 0.999,        # EMA of the parameters, used for evaluation; 0 keeps it equal to params
+      "ema_decay": 0.999,        # EMA of the parameters (warmed up: min(decay, (1+t)/(10+t))), for eval
   })
 
 

@@ -93,10 +93,14 @@ def host_to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dic
   return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def replicated_to_global(tree: Any, sharding: NamedSharding) -> Any:
-  """Host arrays that every process holds whole -> global arrays laid out by `sharding`."""
+def replicated_to_global(tree: Any, shardings: Any) -> Any:
+  """Host arrays that every process holds whole -> global arrays laid out by `shardings` (one sharding
+  for every leaf, or a tree of them matching `tree`)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree_util.tree_map(lambda _: shardings, tree)
   return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree)
+      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+      tree, shardings)
 
 
 def to_host(tree: Any) -> Any:

@@ -24,7 +24,7 @@ from clu import parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
-from restorejax.data import degrade, pipeline
+from restorejax.data import degrade, pipeline, priors
 
 
 class TrainingError(RuntimeError):
@@ -51,11 +51,19 @@ def data_key(config: ml_collections.ConfigDict, split: str) -> jax.Array:
 
 
 def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Array) -> dict[str, jax.Array]:
-  """uint8 images -> float32 in [0, 1]; `degraded` synthesised from `target` (keyed by example index)."""
+  """uint8 images -> float32 in [0, 1]; what the source lacks is synthesised, keyed by example index.
+
+  `degraded` comes from `degrade_fn(target)` when absent; a batch with `prior_severity` (simulated priors,
+  see `restorejax.data.pipeline`) gets `prior = quantize(simulate_prior(target, severity))` instead.
+  """
   out = {k: v.astype(jnp.float32) / 255.0 if v.dtype == jnp.uint8 else v for k, v in batch.items()}
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
   if "degraded" not in out:
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
     out["degraded"] = jax.vmap(degrade_fn)(keys, out["target"])
+  if "prior_severity" in out:
+    severity = out.pop("prior_severity")
+    prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)  # a stream apart from degrade_fn's
+    out["prior"] = degrade.quantize(jax.vmap(priors.simulate_prior)(prior_keys, out["target"], severity))
   return out
 
 
@@ -79,8 +87,9 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: op
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                                 state.ema_params, params)
+    # EMA warm-up (as TF / timm): early on the average must not hold on to the random init.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = state.replace(
         step=state.step + 1,
@@ -177,25 +186,8 @@ def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainS
 
 def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
   """Parameters (and EMA) from another run or a converted checkpoint; optimizer and step start afresh."""
-  loaded = checkpoint.load_params(path)
-  want = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
-  problems = []
-  for k, v in want:
-    name = jax.tree_util.keystr(k)
-    if name not in have:
-      problems.append(f"{name} missing")
-    elif have[name].shape != v.shape:
-      problems.append(f"{name} has shape {have[name].shape}, the model wants {v.shape}")
-  extra = set(have) - {jax.tree_util.keystr(k) for k, _ in want}
-  problems += [f"{name} unexpected" for name in sorted(extra)]
-  if problems:
-    raise ValueError(f"config.init_from={path}: parameters do not fit the model: "
-                     + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-  loaded = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.params),
-                                        [have[jax.tree_util.keystr(k)] for k, _ in want])
-  params = sharding.replicated_to_global(jax.tree_util.tree_map(np.asarray, loaded), param_sh)
-  params = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), params, state.params)
+  loaded = checkpoint.fit(checkpoint.load_params(path), state.params, f"config.init_from={path}")
+  params = sharding.replicated_to_global(loaded, param_sh)
   return state.replace(params=params, ema_params=params)
 
 

@@ -234,7 +234,7 @@ def test_leftover_and_missing_keys_are_named(arch):
 
 def test_wrong_config_names_the_parameter_and_shapes():
   cfg = tiny_cfg("nafnet", width=8)
-  with pytest.raises(ValueError, match=r"\['intro'\]\['kernel'\] has shape \(3, 3, 3, 4\), the model expects "
+  with pytest.raises(ValueError, match=r"intro/kernel has shape \(3, 3, 3, 4\), the model expects "
                                        r"\(3, 3, 3, 8\)"):
     convert.convert("nafnet", state_dict("nafnet"), cfg)
   with pytest.raises(ValueError, match="missing key"):  # more blocks than the checkpoint has

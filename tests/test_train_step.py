@@ -54,6 +54,12 @@ def test_nonfinite_loss_skips_the_update_and_is_counted(setup):
 def test_ema_follows_the_params(setup):
   _, state, step, batch = setup
   new, _ = step(state, batch, {})
+  d = 1.0 / 10.0  # warm-up at step 0: min(0.9, (1 + 0) / (10 + 0))
+  expect = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params, new.params)
+  for a, b in zip(jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(new.ema_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  state = new.replace(step=jnp.int32(1000))  # past the warm-up: the configured decay
+  new, _ = step(state, batch, {})
   expect = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new.params)
   for a, b in zip(jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(new.ema_params)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -70,3 +76,17 @@ def test_degradation_depends_on_the_example_index_not_its_position():
   np.testing.assert_array_equal(a["degraded"], b["degraded"][::-1])
   assert not np.array_equal(a["degraded"][0], a["degraded"][1])
   assert a["target"].dtype == jnp.float32 and float(a["target"].max()) <= 1.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = tiny_config(**{"model.dtype": "bfloat16"})
+  task = tasks.build(config)
+  tx, lr = optim.build(config.optim, 100)
+  state = jax.jit(functools.partial(train._init_state, task, tx))(jax.random.PRNGKey(0))
+  step = jax.jit(train.make_train_step(task, tx, lr, config))
+  batch = next(iter(pipeline.train_dataset(config)))
+  new, _ = step(state, batch, {})       # the warm-up's first learning rate is 0
+  new, metrics = step(new, batch, {})
+  assert np.isfinite(float(metrics["train/loss"])) and int(new.nonfinite) == 0
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new.params))
+  assert not _leaves_equal(new.params, state.params)

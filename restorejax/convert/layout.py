@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from restorejax import models
+from restorejax import checkpoint, models
 from restorejax.models import stack
 
 
@@ -116,14 +116,7 @@ def _pad_prior_inputs(params: dict, tmpl: dict, path: tuple) -> None:
 
 
 def _check_shapes(params: Any, tmpl: Any, arch: str) -> None:
-  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tmpl)}
-  problems = [f"{k} missing" for k in sorted(set(want) - set(flat))]
-  problems += [f"{k} unexpected" for k in sorted(set(flat) - set(want))]
-  problems += [f"{k} has shape {tuple(flat[k].shape)}, the model expects {tuple(want[k].shape)}"
-               for k in sorted(set(flat) & set(want)) if tuple(flat[k].shape) != tuple(want[k].shape)]
-  if problems:
-    raise ValueError(f"{arch}: converted params do not fit the model config: " + "; ".join(problems))
+  checkpoint.fit(params, tmpl, f"{arch}: converted")
 
 
 def finish(

@@ -16,10 +16,11 @@ and most fine detail replaced by band-passed noise.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from restorejax.data import degrade
 
-_LUMA = jnp.array([0.299, 0.587, 0.114])
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # numpy: a constant however the module is first imported
 
 
 def warp(image: jnp.ndarray, matrix: jnp.ndarray, *, mode: str = "reflect") -> jnp.ndarray:

@@ -213,3 +213,63 @@ def ssim(img, ref, *, crop_border: int = 0, test_y_channel: bool = False) -> jnp
                      f"got {x.shape[1]}x{x.shape[2]}")
   value = _mean_per_image(ssim_map(x, y))
   return value[0] if single else value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics of images padded onto a larger canvas (batched full-image evaluation).
+
+
+def _region_masks(hw: jnp.ndarray, size: tuple[int, int], crop_border: int, shrink: int = 0):
+  """Row / column masks (N, H), (N, W) of each image's [cb, h - cb - shrink) x [cb, w - cb - shrink)."""
+  hw = jnp.asarray(hw, jnp.int32)
+  rows = jnp.arange(size[0])[None, :]
+  cols = jnp.arange(size[1])[None, :]
+  row_ok = (rows >= crop_border) & (rows < hw[:, :1] - crop_border - shrink)
+  col_ok = (cols >= crop_border) & (cols < hw[:, 1:] - crop_border - shrink)
+  return row_ok, col_ok
+
+
+def _masked_mean(v: jnp.ndarray, row_ok: jnp.ndarray, col_ok: jnp.ndarray) -> jnp.ndarray:
+  """Mean of (N, H, W, C) over the masked rectangle, row-wise first like `_mean_per_image`."""
+  v = jnp.where(row_ok[:, :, None, None] & col_ok[:, None, :, None], v, 0.0)
+  rows = jnp.sum(v, axis=(2, 3))
+  count = (jnp.sum(row_ok, axis=1) * jnp.sum(col_ok, axis=1) * v.shape[-1]).astype(jnp.float32)
+  return jnp.sum(rows, axis=1) / count
+
+
+def _canvas_levels(img, ref, test_y_channel: bool, name: str):
+  img, ref = jnp.asarray(img), jnp.asarray(ref)
+  if img.shape != ref.shape or img.ndim != 4:
+    raise ValueError(f"{name}: expects two NHWC canvases of one shape, got {img.shape} and {ref.shape}")
+  x, y = to_levels(img), to_levels(ref)
+  if test_y_channel and x.shape[-1] == 3:
+    return rgb_to_y(x), rgb_to_y(y)
+  return x.astype(jnp.float32), y.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("crop_border", "test_y_channel"))
+def region_psnr(img, ref, hw, *, crop_border: int = 0, test_y_channel: bool = False) -> jnp.ndarray:
+  """`psnr` of each image's own top-left `hw[i] = (h, w)` region of NHWC canvases: (N,).
+
+  Equals `psnr(img[i, :h, :w], ref[i, :h, :w])` with the same conventions; whatever lies outside
+  the region (padding) is ignored. The caller ensures `2 * crop_border < min(h, w)`.
+  """
+  x, y = _canvas_levels(img, ref, test_y_channel, "region_psnr")
+  d = x - y
+  mse = _masked_mean(d * d, *_region_masks(hw, x.shape[1:3], crop_border))
+  return jnp.where(mse == 0, jnp.inf, _db_below_peak(mse))
+
+
+@functools.partial(jax.jit, static_argnames=("crop_border", "test_y_channel"))
+def region_ssim(img, ref, hw, *, crop_border: int = 0, test_y_channel: bool = False) -> jnp.ndarray:
+  """`ssim` of each image's own top-left `hw[i] = (h, w)` region of NHWC canvases: (N,).
+
+  The SSIM map of the canvas holds, at every window lying wholly inside an image's cropped region,
+  exactly the value the map of that image alone has there; the mean is taken over those windows.
+  The caller ensures each region is at least 11x11 after the border crop.
+  """
+  x, y = _canvas_levels(img, ref, test_y_channel, "region_ssim")
+  if min(x.shape[1:3]) < WINDOW:
+    raise ValueError(f"region_ssim: canvas {x.shape[1]}x{x.shape[2]} is smaller than {WINDOW}x{WINDOW}")
+  m = ssim_map(x, y)
+  return _masked_mean(m, *_region_masks(hw, m.shape[1:3], crop_border, shrink=WINDOW - 1))

@@ -1,0 +1,75 @@
+"""Data throughput: triples/s of the host pipeline and of the on-device degradation and simulated prior.
+
+`run(config, steps=..., warmup=...)` measures, for `config.data`:
+- `host_triples_per_s`: the grain training stream (its own iterator, with the configured workers and
+  threads), timed over `steps` batches after `warmup` batches;
+- `degrade_triples_per_s`: `jit(vmap(degrade fn))` on one batch of targets of the patch size (the
+  config's `data.degrade` recipe), timed over `steps` calls with `block_until_ready`, after compiling;
+- `prior_triples_per_s`: the same for `priors.simulate_prior` at the configured severity.
+The host must outrun the chips' training step (`train/images_per_s`) or it starves them.
+"""
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from restorejax.data import degrade, pipeline, priors
+
+
+def _time_device(fn, args, steps: int) -> tuple[float, float]:
+  """(seconds per call, compile seconds) of a jitted `fn(*args)`."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))   # first call: allocations, transfers
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = compiled(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps, compile_s
+
+
+def host_pipeline(config: ml_collections.ConfigDict, *, steps: int, warmup: int) -> dict[str, Any]:
+  it = iter(pipeline.train_dataset(config))
+  try:
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+      batch = next(it)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      batch = next(it)
+    elapsed = time.perf_counter() - t0
+  finally:
+    close = getattr(it, "close", None)
+    if close:
+      close()
+  n = len(batch["index"])
+  return {"host_triples_per_s": steps * n / elapsed, "host_batches_per_s": steps / elapsed,
+          "host_warmup_s": first_s, "batch_keys": sorted(batch)}
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
+  """Measures the three rates (see module doc) for `config`; returns them with the settings used."""
+  b, p = config.data.batch_size, config.data.patch_size
+  result = {"batch_size": b, "patch_size": p, "num_workers": config.data.num_workers,
+            "read_threads": config.data.read_threads, "source": config.data.source,
+            "device": jax.devices()[0].device_kind, "steps": steps}
+  result.update(host_pipeline(config, steps=steps, warmup=warmup))
+
+  targets = jnp.asarray(np.random.default_rng(0).random((b, p, p, 3), np.float32))
+  keys = jax.random.split(jax.random.PRNGKey(0), b)
+  degrade_fn = degrade.from_config(config.data.degrade)
+  per_call, compile_s = _time_device(jax.vmap(degrade_fn), (keys, targets), steps)
+  result.update(degrade_triples_per_s=b / per_call, degrade_compile_s=compile_s)
+
+  sim = config.data.get("simulated_prior", None)
+  lo, hi = tuple(sim.get("severity", (0.2, 0.6))) if sim else (0.2, 0.6)
+  severity = jnp.linspace(lo, hi, b)
+  per_call, compile_s = _time_device(jax.vmap(priors.simulate_prior), (keys, targets, severity), steps)
+  result.update(prior_triples_per_s=b / per_call, prior_compile_s=compile_s)
+  return result

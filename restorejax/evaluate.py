@@ -1,0 +1,159 @@
+"""Command line: evaluate a run on full images with BasicSR metrics, sharded over all devices.
+
+    python -m restorejax.evaluate --workdir=DIR [--dataset=default|folder:DEG,TGT[,PRIOR]]
+        [--crop_border=N] [--test_y_channel] [--save_outputs] [--batch_size=B] [--canvas=bucket|max]
+
+reads DIR/config.json, builds the network, loads the EMA parameters of the latest checkpoint (or an
+exported `params/`), evaluates every image whole (`evaluation.evaluator`) and writes, on process 0:
+- DIR/eval/<name>.json: the dataset, the metric conventions (BasicSR, crop_border, test_y_channel,
+  restored images rounded to 8 bits), the means and one row per image;
+- DIR/eval/<name>.md: the same as Markdown tables; DIR/eval/<name>_grid.png: degraded | restored |
+  target of the first images; with --save_outputs, DIR/eval/<name>/<image>.png (written by the process
+  that restored each image).
+<name> is 'default' or the folders' common parent, plus `_y` / `_crop<N>` for non-default conventions.
+
+The mesh is the run's when it fits the devices present, else data-parallel over all of them. Several
+processes are joined like training runs (`--coordinator_address --num_processes --process_id`, or
+automatically under SLURM / Open MPI / TPU pods); each process reads only the images it evaluates.
+A user mistake (no config.json, unknown dataset kind, missing folders, unpaired or unreadable images)
+ends with one line `restorejax: error: ...` and exit status 2.
+"""
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import app, flags, logging
+
+from restorejax import main as cli
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("dataset", "default", "default | folder:DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR]")
+  flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics.")
+  flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only.")
+  flags.DEFINE_bool("save_outputs", False, "Write the restored images to DIR/eval/<name>/.")
+  flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: config.eval.batch_size.")
+  flags.DEFINE_enum("canvas", "bucket", ["bucket", "max"],
+                    "bucket: one compile per distinct size rounded up to the network's stride, scores "
+                    "independent of batch-mates; max: one canvas for all (one compile).")
+  flags.DEFINE_string("name", "", "Name of the outputs in DIR/eval/ (default: from --dataset).")
+
+
+def output_name(dataset: str, crop_border: int, test_y_channel: bool) -> str:
+  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
+  name = datasets.name_of(dataset)
+  if test_y_channel:
+    name += "_y"
+  if crop_border:
+    name += f"_crop{crop_border}"
+  return name
+
+
+def markdown(report: dict[str, Any]) -> str:
+  m = report["means"]
+  out = [f"# Evaluation of {report['workdir']} on {report['dataset']}", "",
+         f"{report['num_images']} images, metrics as BasicSR computes them: crop_border="
+         f"{report['crop_border']}, test_y_channel={report['test_y_channel']}, restored images rounded "
+         "to 8 bits; means over images.", "",
+         "| | PSNR (dB) | SSIM |", "| --- | --- | --- |",
+         f"| restored | {m['psnr']:.4f} | {m['ssim']:.4f} |",
+         f"| input | {m['input_psnr']:.4f} | {m['input_ssim']:.4f} |", "",
+         "| image | size | PSNR | SSIM | input PSNR | input SSIM |", "| --- | --- | --- | --- | --- | --- |"]
+  for r in report["per_image"]:
+    out.append(f"| {r['name']} | {r['height']}x{r['width']} | {r['psnr']:.4f} | {r['ssim']:.4f} | "
+               f"{r['input_psnr']:.4f} | {r['input_ssim']:.4f} |")
+  return "\n".join(out) + "\n"
+
+
+def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0,
+                 test_y_channel: bool = False, save_outputs: bool = False, batch_size: int = 0,
+                 canvas: str = "bucket", name: Optional[str] = None) -> dict[str, Any]:
+  """Evaluates the run in `workdir` on `dataset`, writes DIR/eval/<name>.{json,md} and returns the report."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from restorejax.evaluation import datasets, evaluator, restorer  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  datasets.parse(dataset)  # a misspelt spec fails before the checkpoint is read
+  run = restorer.load(workdir)
+  m, batch_sh = restorer.mesh_and_sharding(run.config)
+  shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
+  if batch_size:
+    if batch_size % shards:
+      raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
+  else:
+    batch_size = -(-run.config.eval.batch_size // shards) * shards
+  name = name or output_name(dataset, crop_border, test_y_channel)
+  out_dir = os.path.join(workdir, "eval")
+  examples = datasets.build(dataset, run.config)
+  ev = evaluator.Evaluator(
+      run.apply, m, batch_sh, examples, batch_size=batch_size, multiple=run.multiple,
+      pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas,
+      cache=False,
+      save_dir=os.path.join(out_dir, name) if save_outputs else None)
+  result = ev(restorer.place_params(run.params, run.config, m))
+  logging.info("Process %d loaded %d of the %d images.", jax.process_index(), ev.decoded, len(examples))
+  report = {
+      "workdir": os.path.abspath(workdir), "dataset": dataset, "name": name,
+      "num_images": len(result.per_image),
+      **evaluator.conventions(crop_border, test_y_channel),
+      "canvas": canvas, "canvases": [list(c) for c in ev.canvases], "batch_size": batch_size,
+      "devices": jax.device_count(), "processes": jax.process_count(),
+      "wall_time_s": time.time() - start,
+      "means": result.means, "per_image": result.per_image,
+  }
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
+      f.write(markdown(report))
+    if len(result.grid):
+      Image.fromarray(result.grid.reshape(-1, *result.grid.shape[2:])).save(
+          os.path.join(out_dir, f"{name}_grid.png"))
+  return report
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.workdir is None:
+    cli.fail("--workdir is required (a run directory holding config.json)")
+  if FLAGS["config"].present:
+    cli.fail("--config is not used by restorejax.evaluate: the run's own config.json is")
+  cli._quiet_libraries()  # pylint: disable=protected-access
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+  cli.initialize_distributed()
+  try:
+    report = evaluate_run(FLAGS.workdir, FLAGS.dataset, crop_border=FLAGS.crop_border,
+                          test_y_channel=FLAGS.test_y_channel, save_outputs=FLAGS.save_outputs,
+                          batch_size=FLAGS.batch_size, canvas=FLAGS.canvas, name=FLAGS.name or None)
+  except ValueError as e:  # images.ImageError is one
+    cli.fail(str(e))
+  m = report["means"]
+  logging.info("%s on %s (%d images, crop_border=%d, test_y_channel=%s): PSNR %.4f dB, SSIM %.4f "
+               "(input %.4f dB, %.4f); wrote %s", FLAGS.workdir, FLAGS.dataset, report["num_images"],
+               FLAGS.crop_border, FLAGS.test_y_channel, m["psnr"], m["ssim"], m["input_psnr"],
+               m["input_ssim"], os.path.join(FLAGS.workdir, "eval", report["name"] + ".json"))
+
+
+def _parse(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    cli.fail(str(e))
+
+
+def run() -> None:
+  _define_flags()
+  app.run(main, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,175 @@
+"""Command line: the GIR report of a run against two reference runs, on the 100-task suite.
+
+    python -m restorejax.evaluation.gir_run --workdir=DIR --weak=DIR1 --strong=DIR2 \\
+        --gt=FOLDER|default --out=REPORT [--seed=0] [--real=NAME=DEG_DIR,TGT_DIR[,PRIOR_DIR] ...] \\
+        [--lines=LINES.json] [--crop_border=N] [--test_y_channel]
+
+1. builds the suite (`evaluation.gir_suite`) from the ground truth into REPORT/suite (or --suite_dir),
+   or reuses the one already there; 'default' draws procedural dead-leaves images (16 of 64x64, see
+   --default_images / --default_size), so nothing needs downloading;
+2. scores the run and each reference on every task (BasicSR PSNR / SSIM, means over the task's
+   images) into REPORT/scores/<name>.json (gir.py's scores format); --weak / --strong may instead be
+   such a scores file (e.g. kept from an earlier report), and --lines a lines file replacing both;
+3. acceptance lines = the weak reference's scores, excellence lines = the strong one's; AR, ER and RPR
+   per metric (`evaluation.gir`) into REPORT/gir_report.md, gir_report.png, gir_result.json.
+
+Several processes are joined like training runs (flags of restorejax.main); process 0 builds the
+suite and writes the files. One-line errors (`restorejax: error: ...`, exit 2) for user mistakes.
+"""
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import app, flags, logging
+
+from restorejax import main as cli
+
+FLAGS = flags.FLAGS
+METRICS = ("psnr", "ssim")  # scored against lines; input scores are kept in the scores files only
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("weak", None, "Weak reference (acceptance lines): run directory or scores JSON.")
+  flags.DEFINE_string("strong", None, "Strong reference (excellence lines): run directory or scores JSON.")
+  flags.DEFINE_string("lines", None, "Lines JSON (gir.py format) instead of --weak / --strong.")
+  flags.DEFINE_string("gt", "default", "Ground-truth folder, or 'default' (procedural dead leaves).")
+  flags.DEFINE_string("out", None, "Report directory.")
+  flags.DEFINE_string("suite_dir", None, "Where the suite is built / reused (default: OUT/suite).")
+  flags.DEFINE_integer("seed", 0, "Seed of the suite (which triples, every degradation parameter).")
+  flags.DEFINE_multi_string("real", [], "A real-degradation set NAME=DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR].")
+  flags.DEFINE_integer("default_images", 16, "Images of the 'default' ground truth.")
+  flags.DEFINE_integer("default_size", 64, "Side of the 'default' ground-truth images.")
+  flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics.")
+  flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only.")
+  flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: the run's config.eval.batch_size.")
+
+
+def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_channel: bool = False,
+              batch_size: int = 0) -> dict[str, dict[str, float]]:
+  """Per-task scores of the run in `workdir` on a built suite (all devices, all processes)."""
+  from restorejax.evaluation import evaluator, gir_suite, restorer  # pylint: disable=g-import-not-at-top
+  run = restorer.load(workdir)
+  m, batch_sh = restorer.mesh_and_sharding(run.config)
+  shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
+  if batch_size and batch_size % shards:
+    raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
+  batch_size = batch_size or -(-run.config.eval.batch_size // shards) * shards
+  return gir_suite.score(run.apply, restorer.place_params(run.params, run.config, m), m, batch_sh,
+                         suite_dir, batch_size=batch_size, multiple=run.multiple, pad_mode=run.pad_mode,
+                         crop_border=crop_border,
+                         test_y_channel=test_y_channel)
+
+
+def _model_name(path: str) -> str:
+  return os.path.basename(os.path.normpath(path)) or "model"
+
+
+def _scores_of(path: str, suite_dir: str, out: str, label: str, **options) -> tuple[str, dict]:
+  """(name, task -> metric -> score) of a run directory (scored now, saved) or a scores JSON file."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from restorejax.evaluation import gir  # pylint: disable=g-import-not-at-top
+  if os.path.isfile(path):
+    return gir.load_scores(path)
+  if not os.path.isdir(path):
+    raise ValueError(f"--{label}={path}: neither a run directory nor a scores file")
+  start = time.time()
+  scores = score_run(path, suite_dir, **options)
+  name = _model_name(path)
+  logging.info("Scored %s (%s) on %d tasks in %.1fs.", path, label, len(scores), time.time() - start)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(out, "scores"), exist_ok=True)
+    with open(os.path.join(out, "scores", f"{label}_{name}.json"), "w", encoding="utf-8") as f:
+      json.dump({"model": name, "workdir": os.path.abspath(path), "metric_convention": "BasicSR",
+                 "crop_border": options.get("crop_border", 0),
+                 "test_y_channel": options.get("test_y_channel", False), "scores": scores}, f, indent=1)
+  return name, scores
+
+
+def gir_report(workdir: str, out: str, *, weak: Optional[str] = None, strong: Optional[str] = None,
+               lines: Optional[str] = None, gt: str = "default", suite_dir: Optional[str] = None,
+               seed: int = 0, real: tuple[str, ...] = (), default_images: int = 16, default_size: int = 64,
+               crop_border: int = 0, test_y_channel: bool = False, batch_size: int = 0) -> dict[str, Any]:
+  """Builds / reuses the suite, scores the runs, writes the report; returns gir.evaluate's result."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from restorejax.evaluation import gir, gir_suite  # pylint: disable=g-import-not-at-top
+
+  if bool(lines) == bool(weak or strong) or (not lines and not (weak and strong)):
+    raise ValueError("give either --weak and --strong (run directories or scores files), or --lines")
+  if gt != "default" and not os.path.isdir(gt):
+    raise ValueError(f"--gt={gt}: no such directory (or 'default')")
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    raise ValueError(f"--workdir={workdir}: no config.json (is it a restorejax run directory?)")
+  real_sets = [gir_suite.parse_real(r) for r in real]
+  suite_dir = suite_dir or os.path.join(out, "suite")
+  start = time.time()
+  if jax.process_index() == 0:
+    gir_suite.build(gt, suite_dir, seed=seed, real=real_sets, default_images=default_images,
+                    default_size=default_size)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("gir_suite_built")
+  logging.info("Suite ready in %s (%.1fs).", suite_dir, time.time() - start)
+
+  options = {"crop_border": crop_border, "test_y_channel": test_y_channel, "batch_size": batch_size}
+  name, scores = _scores_of(workdir, suite_dir, out, "model", **options)
+  if lines:
+    task_lines = gir.load_lines(lines)
+  else:
+    refs = [_scores_of(path, suite_dir, out, label, **options)[1]
+            for path, label in ((weak, "weak"), (strong, "strong"))]
+    task_lines = gir.lines_from_references(
+        *[{t: {m: v for m, v in s.items() if m in METRICS} for t, s in ref.items()} for ref in refs])
+  only_scored, only_lined = sorted(set(scores) - set(task_lines)), sorted(set(task_lines) - set(scores))
+  if only_scored or only_lined:  # e.g. lines from a suite of another seed
+    show = lambda names: ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    raise ValueError(f"the lines do not match the suite's tasks: without lines: {show(only_scored) or '-'}; "
+                     f"lines without a task: {show(only_lined) or '-'}")
+  keep = lambda by_metric: {m: v for m, v in by_metric.items() if m in METRICS}
+  result = gir.evaluate({t: keep(s) for t, s in scores.items()}, {t: keep(v) for t, v in task_lines.items()})
+  if jax.process_index() == 0:
+    gir.write_report(result, out, model=name)
+  return result
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  for flag in ("workdir", "out"):
+    if not getattr(FLAGS, flag):
+      cli.fail(f"--{flag} is required")
+  cli._quiet_libraries()  # pylint: disable=protected-access
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+  cli.initialize_distributed()
+  start = time.time()
+  try:
+    result = gir_report(FLAGS.workdir, FLAGS.out, weak=FLAGS.weak, strong=FLAGS.strong, lines=FLAGS.lines,
+                        gt=FLAGS.gt, suite_dir=FLAGS.suite_dir, seed=FLAGS.seed, real=tuple(FLAGS.real),
+                        default_images=FLAGS.default_images, default_size=FLAGS.default_size,
+                        crop_border=FLAGS.crop_border, test_y_channel=FLAGS.test_y_channel,
+                        batch_size=FLAGS.batch_size)
+  except ValueError as e:
+    cli.fail(str(e))
+  for metric, r in result["metrics"].items():
+    logging.info("%s: AR %.3f, ER %.3f, RPR %s over %d tasks", metric, r["ar"], r["er"],
+                 "n/a" if r["rpr"] is None else f"{r['rpr']:.3f}", r["n"])
+  logging.info("GIR report in %s (%.1fs).", FLAGS.out, time.time() - start)
+
+
+def _parse(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    cli.fail(str(e))
+
+
+def run() -> None:
+  _define_flags()
+  app.run(main, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,221 @@
+"""Command line: restore image files of any size with a trained run, tile by tile.
+
+    restorejax-restore --workdir=DIR in.png [more files or folders] --out=OUTDIR
+        [--prior=p.png|PRIOR_DIR] [--tile=512] [--overlap=64] [--tile_batch=1]
+
+Each input is written to OUTDIR/<stem>.png with its own size (times the scale of a super-resolution
+network), bit depth (16-bit in, 16-bit out) and colour mode: a grey image runs through the network as
+three equal channels and comes back as the luminance (BT.601) of the restored RGB (clipped to [0, 1]);
+an alpha channel is re-attached unchanged. A folder stands for the image files directly in it.
+`--prior` is one prior image (with one input) or a folder of priors paired by stem; a prior is resized
+(bicubic) to its input's size.
+
+The image is cut into overlapping tiles of one shape (`evaluation.tiling.restore_tiled`: blended
+overlaps, one compile for every tile), so memory is bounded by the tile, not the image: the host holds
+the image as stored, the float32 result and one weight plane. NAFNet's channel attention pools over its
+whole input, so a tile sees its own statistics: larger tiles are closer to the untiled result (see the
+README for measured gaps).
+
+A file that cannot be read is reported (`restorejax-restore: error: <file>: <reason>`) and skipped, the
+others are still restored, and the exit status is 1. A user mistake (no run directory, no --out, no
+inputs) ends with one line and exit status 2.
+"""
+
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+from absl import app, flags, logging
+
+from restorejax import main as cli
+
+FLAGS = flags.FLAGS
+LUMA = (0.299, 0.587, 0.114)  # BT.601, as PIL's convert('L')
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("out", None, "Output folder (created); each input becomes <stem>.png there.")
+  flags.DEFINE_string("prior", None, "A prior image (one input) or a folder of priors paired by stem.")
+  flags.DEFINE_integer("tile", 512, "Tile side in pixels (larger: closer to untiled, more memory).")
+  flags.DEFINE_integer("overlap", 64, "Overlap of neighbouring tiles in pixels.")
+  flags.DEFINE_integer("tile_batch", 1, "Tiles per network call.")
+
+
+def input_files(paths: list[str]) -> list[str]:
+  """Files named, and the image files directly in folders named, in order (folders sorted)."""
+  from restorejax.data import images  # pylint: disable=g-import-not-at-top
+  out = []
+  for p in paths:
+    if os.path.isdir(p):
+      found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                     if os.path.splitext(f)[1].lower() in images.EXTENSIONS
+                     and os.path.isfile(os.path.join(p, f)))
+      if not found:
+        raise ValueError(f"{p}: a folder without image files ({', '.join(images.EXTENSIONS)})")
+      out += found
+    else:
+      out.append(p)  # a missing or unreadable file is reported when it is read
+  return out
+
+
+def _round_up(value: int, multiple: int) -> int:
+  return -(-value // multiple) * multiple
+
+
+class Restore:
+  """Restores one decoded image (`images.Image`) with a run's network, tile by tile."""
+
+  def __init__(self, workdir: str, *, tile: int = 512, overlap: int = 64, tile_batch: int = 1):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from restorejax.evaluation import restorer  # pylint: disable=g-import-not-at-top
+
+    if tile < 1 or overlap < 0 or tile_batch < 1:
+      raise ValueError(f"--tile={tile}, --overlap={overlap}, --tile_batch={tile_batch}: need tile >= 1, "
+                       "overlap >= 0, tile_batch >= 1")
+    if overlap >= tile:
+      raise ValueError(f"--overlap={overlap} must be smaller than --tile={tile}")
+    run = restorer.load(workdir)
+    self.multiple, self.scale = run.multiple, run.scale
+    self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
+    params = jax.device_put(jax.tree_util.tree_map(np.asarray, run.params), jax.local_devices()[0])
+
+    def apply(tiles, scale):
+      # Tiles arrive as stored (0..255 or 0..65535): scaled on the device, one tile batch at a time.
+      x = tiles / scale
+      prior = x[..., 3:] if x.shape[-1] == 6 else None
+      return run.apply(params, x[..., :3], prior)
+
+    jitted = jax.jit(apply)
+    self._apply = lambda tiles, scale: jitted(jnp.asarray(tiles), jnp.float32(scale))
+
+  def tiles_for(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(tile, overlap) pairs for an image: a tile never exceeds the image rounded up to the stride."""
+    th, tw = min(self.tile, _round_up(h, self.multiple)), min(self.tile, _round_up(w, self.multiple))
+    return (th, tw), (min(self.overlap, th - 1), min(self.overlap, tw - 1))
+
+  def __call__(self, image, prior: Optional[np.ndarray] = None) -> np.ndarray:
+    """`images.Image` (+ optional uint8 RGB prior of its size) -> restored pixels, same dtype and mode."""
+    from restorejax.evaluation import tiling  # pylint: disable=g-import-not-at-top
+    px = image.pixels
+    colour = px[..., :1].repeat(3, axis=-1) if image.mode in ("L", "LA") else px[..., :3]
+    alpha = px[..., -1:] if image.mode in ("LA", "RGBA") else None
+    peak = 65535 if image.bits == 16 else 255
+    if prior is not None:
+      if prior.shape != colour.shape:
+        raise ValueError(f"prior of shape {prior.shape} for an image of shape {colour.shape}")
+      prior = prior.astype(px.dtype) * (257 if image.bits == 16 else 1)  # to the image's scale
+      colour = np.concatenate([colour, prior], axis=-1)
+    h, w = px.shape[:2]
+    tile, overlap = self.tiles_for(h, w)
+    out = tiling.restore_tiled(lambda t: self._apply(t, peak), colour, tile=tile, overlap=overlap,
+                               multiple=self.multiple, scale=self.scale, batch_size=self.tile_batch)
+    out = np.clip(out, 0.0, 1.0)
+    if image.mode in ("L", "LA"):  # the grey a viewer would make of the restored RGB
+      out = (LUMA[0] * out[..., 0] + LUMA[1] * out[..., 1] + LUMA[2] * out[..., 2])[..., None]
+    out = np.round(out * peak).astype(px.dtype)
+    if alpha is not None and self.scale > 1:  # super-resolution: alpha enlarged by pixel repetition
+      alpha = alpha.repeat(self.scale, axis=0).repeat(self.scale, axis=1)
+    return np.concatenate([out, alpha], axis=-1) if alpha is not None else out
+
+
+def _prior_for(path: str, prior: Optional[str], single: bool) -> Optional[str]:
+  if not prior:
+    return None
+  if not os.path.isdir(prior):
+    if not single:
+      raise ValueError(f"--prior={prior}: one prior file serves one input; give a folder of priors "
+                       "paired by stem for several")
+    return prior
+  from restorejax.data import images  # pylint: disable=g-import-not-at-top
+  stem = os.path.splitext(os.path.basename(path))[0]
+  for ext in images.EXTENSIONS:
+    for candidate in (stem + ext, stem + ext.upper()):
+      if os.path.isfile(os.path.join(prior, candidate)):
+        return os.path.join(prior, candidate)
+  raise images.ImageError(path, f"no prior named {stem}.* in {prior}")
+
+
+def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optional[str] = None,
+                  tile: int = 512, overlap: int = 64, tile_batch: int = 1) -> list[tuple[str, str]]:
+  """Restores `inputs` (files or folders) into `out_dir`; returns the (file, reason) of each failure.
+
+  Raises ValueError for a user mistake that stops everything (no run, bad flags, empty folder).
+  """
+  from restorejax.data import images  # pylint: disable=g-import-not-at-top
+  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
+
+  files = input_files(inputs)
+  if not files:
+    raise ValueError("no input images given")
+  if prior and not os.path.exists(prior):
+    raise ValueError(f"--prior={prior}: no such file or folder")
+  if prior and not os.path.isdir(prior) and len(files) > 1:
+    raise ValueError(f"--prior={prior}: one prior file serves one input; give a folder of priors paired "
+                     "by stem for several")
+  restore = Restore(workdir, tile=tile, overlap=overlap, tile_batch=tile_batch)
+  os.makedirs(out_dir, exist_ok=True)
+  failures, written = [], {}
+  for path in files:
+    start = time.time()
+    target = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+    try:
+      if target in written:
+        raise images.ImageError(path, f"its output {target} is already taken by {written[target]}")
+      image = images.read(path)
+      p = _prior_for(path, prior, len(files) == 1)
+      prior_px = datasets.resize_rgb8(datasets.read_rgb8(p), image.size) if p else None
+      restored = restore(image, prior_px)
+      images.write_png(target, restored)
+    except images.ImageError as e:
+      failures.append((path, e.reason))
+      print(f"restorejax-restore: error: {e}", file=sys.stderr, flush=True)
+      continue
+    written[target] = path
+    logging.info("%s -> %s (%dx%d %s, %d-bit) in %.1fs", path, target, image.size[0], image.size[1],
+                 image.mode, image.bits, time.time() - start)
+  return failures
+
+
+def main(argv: list[str]) -> None:
+  inputs = argv[1:]
+  if FLAGS.workdir is None:
+    cli.fail("--workdir is required (a run directory holding config.json)")
+  if not FLAGS.out:
+    cli.fail("--out is required (the folder to write restored images to)")
+  if FLAGS["config"].present:
+    cli.fail("--config is not used by restorejax-restore: the run's own config.json is")
+  if not inputs:
+    cli.fail("no input images given (files or folders after the flags)")
+  cli._quiet_libraries()  # pylint: disable=protected-access
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+  try:
+    failures = restore_files(FLAGS.workdir, inputs, FLAGS.out, prior=FLAGS.prior, tile=FLAGS.tile,
+                             overlap=FLAGS.overlap, tile_batch=FLAGS.tile_batch)
+  except ValueError as e:
+    cli.fail(str(e))
+  if failures:
+    print(f"restorejax-restore: {len(failures)} of {len(input_files(inputs))} file(s) failed",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _parse(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    cli.fail(str(e))
+
+
+def run() -> None:
+  """Console entry point `restorejax-restore`."""
+  _define_flags()
+  app.run(main, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+  run()

@@ -235,3 +235,32 @@ def test_fusion_parameters_live_apart_from_the_backbone():
   assert {k for k in sft if k.startswith("fusion_sft_")} == {
       f"fusion_sft_{s}" for s in ("encoder_level1", "encoder_level2", "encoder_level3", "latent",
                                   "decoder_level3", "decoder_level2", "decoder_level1")}
+
+
+def test_bfloat16_and_remat_reach_the_fusion_layers():
+  """Traced only (no compilation): the fusion computes in the network's dtype, and `remat` recomputes the
+  prior encoder in the backward pass like the backbone's blocks."""
+  x, _, prior, _ = data()
+
+  def count_remat(jaxpr):
+    n = 0
+    for e in jaxpr.eqns:
+      n += e.primitive.name in ("checkpoint", "remat", "remat2")
+      n += sum(count_remat(j.jaxpr if hasattr(j, "jaxpr") else j) for j in jax.core.jaxprs_in_params(e.params))
+    return n
+
+  counts = {}
+  for mode in ("none", "sft", "xattn"):
+    m = build("nafnet", mode, dtype="bfloat16", remat=True)
+    params = random_params(m)
+    out, state = jax.eval_shape(lambda: m.apply({"params": params}, x, prior, capture_intermediates=True,
+                                                mutable=["intermediates"]))
+    assert out.dtype == jnp.float32
+    fused = {k: v for k, v in state["intermediates"].items() if k.startswith(fusion.PREFIX)}
+    assert len(fused) == {"none": 0, "sft": 6, "xattn": 2}[mode]  # the encoder and the hooks
+    for key, value in fused.items():
+      assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(value)), key
+    if mode != "xattn":  # same encoder as 'sft'
+      grad = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, prior))))(params)
+      counts[mode] = count_remat(grad.jaxpr)
+  assert counts["sft"] == counts["none"] + 1 > 1, counts

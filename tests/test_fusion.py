@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from restorejax import models
+from restorejax.evaluation import datasets
 from restorejax.models import fusion
 
 TINY = {
@@ -264,3 +266,11 @@ def test_bfloat16_and_remat_reach_the_fusion_layers():
       grad = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, prior))))(params)
       counts[mode] = count_remat(grad.jaxpr)
   assert counts["sft"] == counts["none"] + 1 > 1, counts
+
+
+def test_held_out_set_keeps_simulated_priors():
+  """A fused network is evaluated with the priors it trains with: the procedural held-out set carries the
+  simulated prior the trainer's `prepare_batch` makes (misaligned, so not the target)."""
+  examples = datasets.procedural(tiny_config(**{"data.simulated_prior.enabled": True}))
+  assert all(e["prior"].shape == e["target"].shape and e["prior"].dtype == np.uint8 for e in examples)
+  assert all(not np.array_equal(e["prior"], e["target"]) for e in examples)

@@ -263,14 +263,21 @@ def test_rrdbnet_reads_both_namings_alike():
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("arch", ["nafnet", "swinir"])
-def test_concat_fusion_starts_as_the_official_function(arch):
+# 'xattn' shares the converter path of 'sft' (fusion parameters from their initialisers).
+@pytest.mark.parametrize("arch,fusion", [("nafnet", "concat"), ("swinir", "concat"), ("nafnet", "sft")])
+def test_fused_network_starts_as_the_official_function(arch, fusion):
   sd = state_dict(arch)
   plain = convert.convert(arch, sd, tiny_cfg(arch))
-  fused = convert.convert(arch, sd, tiny_cfg(arch, fusion="concat"))
+  extra = {} if fusion == "concat" else dict(fusion_width=4, fusion_heads=2)
+  fused = convert.convert(arch, sd, tiny_cfg(arch, fusion=fusion, **extra))
+  if fusion != "concat":
+    assert any(k.startswith("fusion_") for k in fused)
+    assert all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves({k: v for k, v in fused.items() if not k.startswith("fusion_")}),
+        jax.tree.leaves(plain)))
   x = image(arch)
   prior = image(arch, seed=1)
-  np.testing.assert_allclose(forward(arch, fusion="concat")({"params": fused}, x, prior),
+  np.testing.assert_allclose(forward(arch, fusion=fusion, **extra)({"params": fused}, x, prior),
                              forward(arch)({"params": plain}, x), atol=1e-5, rtol=1e-5)
 
 

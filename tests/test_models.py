@@ -29,16 +29,6 @@ NAMES = sorted(TINY)
 SHAPE = (2, 13, 11, 3)
 
 
-def neutral_prior(name):
-  """The prior image the network sees as zeros (its input normalisation undone)."""
-  if name == "swinir":
-    from restorejax.models import swinir  # pylint: disable=g-import-not-at-top
-    return np.broadcast_to(np.asarray(swinir.RGB_MEAN, np.float32), SHAPE)
-  if name == "dehazenet":
-    return np.full(SHAPE, 0.5, np.float32)
-  return np.zeros(SHAPE, np.float32)
-
-
 # For functions run once or twice: half the compile time (XLA CPU), a slower run does not matter.
 QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -182,17 +172,18 @@ def test_prior_concat(name):
   apply = jit_once(m.apply)
   with_prior = np.asarray(apply({"params": params}, x, prior))
   absent = np.asarray(apply({"params": params}, x))
-  neutral = np.asarray(apply({"params": params}, x, neutral_prior(name)))
+  masked = np.asarray(apply({"params": params}, x, prior, np.array([True, False])))
   assert with_prior.shape == absent.shape == base_result(name)[1].shape
   assert np.abs(with_prior - absent).max() > 1e-4  # the prior is used
-  np.testing.assert_allclose(absent, neutral, atol=1e-5, rtol=1e-5)  # absent = zeros inside the network
+  np.testing.assert_allclose(masked[0], with_prior[0], atol=1e-6)  # a present example sees its prior
+  np.testing.assert_allclose(masked[1], absent[1], atol=1e-6)  # a masked one is as if absent
 
-  # The prior-free params with zero weights for the prior's input channels give exactly the prior-free
-  # network: nothing else (global residual, mean shift, the dehazing physics) reads the prior.
+  # The prior-free params with zero weights for the prior's input channels (and its presence plane) give
+  # exactly the prior-free network: nothing else (global residual, mean shift, dehazing physics) reads it.
   plain = params_for(name)[0]
   kernel = np.asarray(_get(plain, FIRST_CONV[name])["kernel"])
   extra = _get(params, FIRST_CONV[name])["kernel"].shape[-2] - kernel.shape[-2]
-  assert extra > 0
+  assert extra == 4 * kernel.shape[-2] // 3  # 3 prior channels and the presence plane (RRDBNet unshuffles)
   padded = jax.tree.map(lambda a: a, plain)
   node = _get(padded, FIRST_CONV[name][:-1])
   node[FIRST_CONV[name][-1]] = dict(node[FIRST_CONV[name][-1]], kernel=np.concatenate(

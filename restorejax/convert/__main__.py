@@ -3,8 +3,9 @@
   python -m restorejax.convert --arch nafnet --preset sidd-width32 \
       --src NAFNet-SIDD-width32.pth --out /tmp/nafnet-sidd32
 
-builds `config.model` from the preset (plus `--set field=value` overrides, e.g. `--set fusion=concat` to
-start a prior-aware network from official weights), converts, and writes the directory with
+builds `config.model` from the preset (plus `--set field=value` overrides, e.g. `--set fusion=concat`,
+`sft` or `xattn` to start a prior-aware network from official weights: it computes the official function
+until fine-tuned), converts, and writes the directory with
 `restorejax.checkpoint.export_params`, so that `config.init_from=DIR` and the restore command take it as it
 is. The run config around the model is `configs/default.py`'s `get_config()` when the source tree is at hand.
 

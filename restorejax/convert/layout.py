@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from restorejax import checkpoint, models
-from restorejax.models import stack
+from restorejax.models import fusion, stack
 
 
 class Reader:
@@ -115,6 +115,18 @@ def _pad_prior_inputs(params: dict, tmpl: dict, path: tuple) -> None:
   node[path[-1]] = np.concatenate([kernel, extra], axis=-2)
 
 
+def _init_fusion(params: dict, model_cfg: ml_collections.ConfigDict, channels: int) -> None:
+  """The fusion's own parameters ('sft', 'xattn': top-level `fusion_*` trees) from their initialisers
+  (seed 0). Their output layers start at zero, so the network computes the official function."""
+  model = models.build(model_cfg)
+  # Run once: XLA's cheapest compilation (the network's forward is dead code here anyway).
+  init = jax.jit(lambda key: {k: v for k, v in model.init(key, jnp.zeros((1, 16, 16, channels)))[
+      "params"].items() if k.startswith(fusion.PREFIX)},
+                 compiler_options={"xla_backend_optimization_level": 0,
+                                   "xla_llvm_disable_expensive_passes": True})
+  params.update(jax.tree.map(np.asarray, init(jax.random.key(0))))
+
+
 def _check_shapes(params: Any, tmpl: Any, arch: str) -> None:
   checkpoint.fit(params, tmpl, f"{arch}: converted")
 
@@ -131,12 +143,16 @@ def finish(
   """Checks completeness and shapes; returns params (numpy/jax arrays) in `model_cfg.scan`'s layout.
 
   `channels` is the input channel count for the template, `first_conv` the path of the kernel that gets
-  zero prior-channel weights under fusion='concat'.
+  zero prior-channel weights under fusion='concat'; 'sft' and 'xattn' get their own parameters from
+  their initialisers (identity at the start).
   """
   reader.check_complete(arch)
   unrolled = template(model_cfg, channels, scan=False)
-  if model_cfg.get("fusion", "none") == "concat":
+  mode = model_cfg.get("fusion", "none")
+  if mode == "concat":
     _pad_prior_inputs(params, unrolled, first_conv)
+  elif mode in ("sft", "xattn"):
+    _init_fusion(params, model_cfg, channels)
   _check_shapes(params, unrolled, arch)
   params = jax.tree.map(np.asarray, params)
   if not model_cfg.get("scan", False):

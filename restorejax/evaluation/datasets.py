@@ -27,7 +27,8 @@ KINDS = ("default", "folder")
 
 
 def procedural(config: ml_collections.ConfigDict) -> list[dict]:
-  """The held-out procedural set of `config` with the trainer's on-device degradation, as uint8 examples.
+  """The held-out procedural set of `config` with the trainer's on-device degradation (and simulated
+  priors when `config.data.simulated_prior` is enabled), as uint8 examples.
 
   Degradations are computed in chunks of `config.eval.batch_size` like the trainer's evaluation; every
   recipe ends by rounding to 8 bits, so the uint8 images hold the trainer's float inputs exactly.
@@ -42,17 +43,20 @@ def procedural(config: ml_collections.ConfigDict) -> list[dict]:
   examples = {k: np.concatenate([v, v[:pad]]) if pad else v for k, v in examples.items()}
   prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=degrade.from_config(config.data.degrade),
                                    key=train.data_key(config, "eval")))
-  degraded = []
+  made = {"degraded": [], "prior": []}  # the prior too when simulated (`prior_severity`)
   for i in range(0, n + pad, bs):
     out = prep({k: v[i:i + bs] for k, v in examples.items()})
-    degraded.append(np.asarray(jax.device_get(out["degraded"])))
-  degraded = np.round(np.clip(np.concatenate(degraded)[:n], 0.0, 1.0) * 255.0).astype(np.uint8)
+    for k in made:
+      if k in out and k not in examples:
+        made[k].append(np.asarray(jax.device_get(out[k])))
+  to8 = lambda chunks: np.round(np.clip(np.concatenate(chunks)[:n], 0.0, 1.0) * 255.0).astype(np.uint8)
+  made = {k: to8(v) for k, v in made.items() if v}
   out = []
   for i in range(n):
-    example = {"name": f"{int(examples['index'][i]):04d}", "degraded": degraded[i],
-               "target": examples["target"][i]}
-    if "prior" in examples:
-      example["prior"] = examples["prior"][i]
+    example = {"name": f"{int(examples['index'][i]):04d}", "target": examples["target"][i]}
+    for k in ("degraded", "prior"):
+      if k in made or k in examples:
+        example[k] = made[k][i] if k in made else examples[k][i]
     out.append(example)
   return out
 

@@ -1,8 +1,9 @@
 """Restoration networks, chosen by name in `config.model`.
 
 An explicit table of names -> (module, class), imported lazily, so that an optional heavy network never
-breaks `import restorejax`. Every network is a Flax Linen module called as `model(degraded, prior=None)`
-on NHWC float images in [0, 1], agnostic of sharding. The config block holds `name` plus the module's
+breaks `import restorejax`. Every network is a Flax Linen module called as
+`model(degraded, prior=None, prior_mask=None)` on NHWC float images in [0, 1], agnostic of sharding; its
+`fusion` field says how the prior enters (restorejax.models.fusion). The config block holds `name` plus the module's
 own fields; each network module's `PRESETS` maps its official configurations to such field values
 (`restorejax.convert.preset_config(name, preset)` builds the block).
 

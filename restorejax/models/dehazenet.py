@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import prior_concat
+from restorejax.models import fusion
 from restorejax.models.torch_compat import TORCH_INIT
 
 PRESETS = {"official": {}}
@@ -107,7 +107,7 @@ class Transmission(nn.Module):
 
 
 class DehazeNet(nn.Module):
-  """`model(degraded, prior=None) -> restored`; RGB NHWC in [0, 1], any spatial size.
+  """`model(degraded, prior=None, prior_mask=None) -> restored`; RGB NHWC in [0, 1], any spatial size.
 
   Attributes:
     features, maxout_groups, scale_features, scales, extremum_size, regression_size: the CNN (official
@@ -116,8 +116,9 @@ class DehazeNet(nn.Module):
     airlight_fraction: share of lowest-transmission pixels searched for the atmospheric light (0.01).
     refine_radius, refine_eps: guided-filter refinement of t (50, 1e-3); radius 0 disables it.
     t_min: lower bound on t in the inversion (ours, 0.1; see the module docstring).
-    fusion: 'none' or 'concat' (the prior, offset like the input, added as channels to the first conv;
-      zeros when absent). The inversion itself only reads the degraded image.
+    fusion: 'none' or 'concat' (the prior, offset like the input, and its presence plane added as
+      channels to the first conv; restorejax.models.fusion). The inversion itself only reads the degraded
+      image; 'sft' and 'xattn' are refused (no feature stages to modulate).
     dtype, scan, remat: compute dtype of the CNN; no effect (no repeated blocks); rematerialise the CNN.
   """
 
@@ -138,11 +139,14 @@ class DehazeNet(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def transmission(self, degraded, prior=None):
+  def transmission(self, degraded, prior=None, prior_mask=None):
     """The raw CNN transmission (before refinement), (B, H, W, 1)."""
     normalize = lambda img: img - self.input_offset
-    x = prior_concat.append(normalize(degraded.astype(jnp.float32)), prior, fusion=self.fusion,
-                            channels=3, normalize=normalize)
+    fz = fusion.Fusion.of(self, "DehazeNet", degraded, prior, prior_mask, channels=3, normalize=normalize,
+                          supported=("none", "concat"),
+                          why="its 4-layer CNN regresses one transmission map and has no feature stages "
+                              "to modulate; use 'concat'")
+    x = fz.concat(normalize(degraded.astype(jnp.float32)))
     if self.features % self.maxout_groups:
       raise ValueError(f"model.features {self.features} must be a multiple of model.maxout_groups "
                        f"{self.maxout_groups}")
@@ -151,11 +155,12 @@ class DehazeNet(nn.Module):
                self.extremum_size, self.regression_size, jnp.dtype(self.dtype), name="cnn")(
                    x.astype(jnp.dtype(self.dtype)))
 
-  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
+               prior_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     if degraded.shape[-1] != 3:
       raise ValueError(f"DehazeNet needs RGB images; the degraded image has {degraded.shape[-1]} channels")
     image = degraded.astype(jnp.float32)
-    t = self.transmission(image, prior)
+    t = self.transmission(image, prior, prior_mask)
     gray = jnp.einsum("bhwc,c->bhw", image, jnp.asarray(RGB2GRAY, jnp.float32))[..., None]
     a = jax.lax.stop_gradient(atmospheric_light(image, gray, t, self.airlight_fraction))
     if self.refine_radius > 0:

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import convs, prior_concat, stack
+from restorejax.models import convs, fusion, stack
 from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle
 
 # Official configurations (megvii-research/NAFNet options/test/*/NAFNet-*.yml) as `config.model` values.
@@ -78,14 +78,16 @@ class NAFBlock(nn.Module):
 
 
 class NAFNet(nn.Module):
-  """`model(degraded, prior=None) -> restored`; images NHWC in [0, 1], any spatial size.
+  """`model(degraded, prior=None, prior_mask=None) -> restored`; images NHWC in [0, 1], any spatial size.
 
   Attributes:
     width: channels of the first stage; each encoder stage doubles it.
     enc_blocks, middle_blocks, dec_blocks: NAFBlocks per stage (official SIDD: 32, (2,2,4,8), 12,
       (2,2,2,2); GoPro: 64, (1,1,1,28), 1, (1,1,1,1)).
-    fusion: how a prior enters: 'none' ignores it, 'concat' adds its channels to the input (zeros when
-      absent, so the same parameters serve batches with and without priors).
+    fusion: how a prior enters (restorejax.models.fusion): 'none', 'concat', 'sft' (after every encoder,
+      middle and decoder stage) or 'xattn' (at the bottleneck).
+    fusion_width, fusion_heads, fusion_scale: the prior encoder's base width, the cross-attention heads,
+      the cross-attention tokens' downsampling (the bottleneck's when coarser).
     dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32, the output is float32.
     tlsc_size: test-time local statistics (NAFNetLocal): the SCA mean becomes a local box mean of
       `tlsc_size // 2**level` pixels at each level, so images larger than the training crops see the
@@ -103,13 +105,17 @@ class NAFNet(nn.Module):
   ffn_expand: int = 2
   tlsc_size: int = 0
   fusion: str = "none"
+  fusion_width: int = 16
+  fusion_heads: int = 4
+  fusion_scale: int = 8
   dtype: str = "float32"
   scan: bool = True
   remat: bool = False
 
   @nn.compact
-  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    prior_concat.check(self.fusion)
+  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
+               prior_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    fz = fusion.Fusion.of(self, "NAFNet", degraded, prior, prior_mask, channels=self.channels)
     if len(self.enc_blocks) != len(self.dec_blocks):
       raise ValueError(
           f"model.enc_blocks {tuple(self.enc_blocks)} and model.dec_blocks {tuple(self.dec_blocks)} "
@@ -119,7 +125,8 @@ class NAFNet(nn.Module):
     mult = 2 ** len(self.enc_blocks)
     pad = ((0, 0), (0, -h % mult), (0, -w % mult), (0, 0))
     inp = jnp.pad(degraded, pad)
-    x = jnp.pad(prior_concat.append(degraded, prior, fusion=self.fusion, channels=self.channels), pad)
+    x = jnp.pad(fz.concat(degraded), pad)
+    fz.encode(lambda p: jnp.pad(p, pad), len(self.enc_blocks))
 
     blocks = lambda n, x, name, level: stack.repeat(
         NAFBlock, n, x, name=name, scan=self.scan, remat=self.remat,
@@ -130,18 +137,21 @@ class NAFNet(nn.Module):
     skips = []
     chan = self.width
     for i, n in enumerate(self.enc_blocks):
-      x = blocks(n, x, f"encoders_{i}", i)
+      x = fz.modulate(blocks(n, x, f"encoders_{i}", i), i, f"encoders_{i}")
       skips.append(x)
       chan *= 2
       x = nn.Conv(chan, (2, 2), strides=2, padding="VALID", dtype=dtype, kernel_init=TORCH_INIT,
                   name=f"downs_{i}")(x)
+    x = fz.attend(x, len(self.enc_blocks))
     x = blocks(self.middle_blocks, x, "middle_blks", len(self.enc_blocks))
+    x = fz.modulate(x, len(self.enc_blocks), "middle_blks")
     for i, (n, skip) in enumerate(zip(self.dec_blocks, reversed(skips))):
       x = convs.PointwiseConv(chan * 2, use_bias=False, dtype=dtype, kernel_init=TORCH_INIT,
                               name=f"ups_{i}")(x)
       x = pixel_shuffle(x, 2)
       chan //= 2
-      x = blocks(n, x + skip, f"decoders_{i}", len(self.dec_blocks) - 1 - i)
+      level = len(self.dec_blocks) - 1 - i
+      x = fz.modulate(blocks(n, x + skip, f"decoders_{i}", level), level, f"decoders_{i}")
     x = nn.Conv(self.channels, (3, 3), padding=1, dtype=dtype, kernel_init=TORCH_INIT,
                 name="ending")(x)
     x = x.astype(jnp.float32) + inp.astype(jnp.float32)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import convs, prior_concat, stack
+from restorejax.models import convs, fusion, stack
 from restorejax.models.torch_compat import TORCH_INIT, pad_to_multiple, pixel_shuffle, pixel_unshuffle
 
 _SIZES = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
@@ -123,7 +123,7 @@ class TransformerBlock(nn.Module):
 
 
 class Restormer(nn.Module):
-  """`model(degraded, prior=None) -> restored`; images NHWC in [0, 1], any spatial size.
+  """`model(degraded, prior=None, prior_mask=None) -> restored`; images NHWC in [0, 1], any spatial size.
 
   Attributes:
     in_channels, out_channels: image channels (dual-pixel: 6 in, the left and right views concatenated).
@@ -134,7 +134,10 @@ class Restormer(nn.Module):
     ffn_expansion_factor, bias: GDFN width factor; biases in every conv.
     layer_norm: 'WithBias' (deblurring, deraining) or 'BiasFree' (denoising).
     dual_pixel_task: output = conv(refined + skip_conv(level-1 input)), no global residual.
-    fusion: 'none' or 'concat' (the prior's `out_channels` channels added to the input, zeros when absent).
+    fusion: how a prior (`out_channels` channels) enters (restorejax.models.fusion): 'none', 'concat',
+      'sft' (after every encoder, latent and decoder level) or 'xattn' (at the latent level).
+    fusion_width, fusion_heads, fusion_scale: the prior encoder's base width, the cross-attention heads,
+      the cross-attention tokens' downsampling (the latent level's, 8, when coarser).
     dtype: compute dtype; parameters and the output stay float32.
     scan / remat: compile each level's blocks once / recompute activations in the backward pass.
   """
@@ -150,13 +153,16 @@ class Restormer(nn.Module):
   layer_norm: str = "WithBias"
   dual_pixel_task: bool = False
   fusion: str = "none"
+  fusion_width: int = 16
+  fusion_heads: int = 4
+  fusion_scale: int = 8
   dtype: str = "float32"
   scan: bool = True
   remat: bool = False
 
   @nn.compact
-  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    prior_concat.check(self.fusion)
+  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
+               prior_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     if len(self.num_blocks) != 4 or len(self.heads) != 4:
       raise ValueError(f"model.num_blocks {tuple(self.num_blocks)} and model.heads {tuple(self.heads)} "
                        "must have 4 entries (levels 1-3 and the latent level)")
@@ -168,11 +174,11 @@ class Restormer(nn.Module):
     if degraded.shape[-1] != self.in_channels:
       raise ValueError(f"degraded image has {degraded.shape[-1]} channels, model.in_channels is "
                        f"{self.in_channels}")
+    fz = fusion.Fusion.of(self, "Restormer", degraded, prior, prior_mask, channels=self.out_channels)
     dtype = jnp.dtype(self.dtype)
     _, h, w, _ = degraded.shape
-    x = prior_concat.append(degraded.astype(jnp.float32), prior, fusion=self.fusion,
-                            channels=self.out_channels)
-    x = pad_to_multiple(x, 8, mode="reflect")
+    x = pad_to_multiple(fz.concat(degraded.astype(jnp.float32)), 8, mode="reflect")
+    fz.encode(lambda p: pad_to_multiple(p, 8, mode="reflect"), 3)
     inp = x[..., :self.in_channels]
 
     def blocks(n, x, level, name):
@@ -189,17 +195,19 @@ class Restormer(nn.Module):
     n1, n2, n3, n4 = self.num_blocks
 
     enc1_in = conv(d, 3, "patch_embed", False)(x.astype(dtype))
-    enc1 = blocks(n1, enc1_in, 0, "encoder_level1")
-    enc2 = blocks(n2, down(enc1, "down1_2"), 1, "encoder_level2")
-    enc3 = blocks(n3, down(enc2, "down2_3"), 2, "encoder_level3")
-    latent = blocks(n4, down(enc3, "down3_4"), 3, "latent")
+    # `stage` runs one level's blocks, then the fusion's modulation of their output.
+    stage = lambda n, x, level, name: fz.modulate(blocks(n, x, level, name), level, name)
+    enc1 = stage(n1, enc1_in, 0, "encoder_level1")
+    enc2 = stage(n2, down(enc1, "down1_2"), 1, "encoder_level2")
+    enc3 = stage(n3, down(enc2, "down2_3"), 2, "encoder_level3")
+    latent = stage(n4, fz.attend(down(enc3, "down3_4"), 3), 3, "latent")
 
     x = jnp.concatenate([up(latent, "up4_3"), enc3], axis=-1)
-    x = blocks(n3, conv(4 * d, 1, "reduce_chan_level3")(x), 2, "decoder_level3")
+    x = stage(n3, conv(4 * d, 1, "reduce_chan_level3")(x), 2, "decoder_level3")
     x = jnp.concatenate([up(x, "up3_2"), enc2], axis=-1)
-    x = blocks(n2, conv(2 * d, 1, "reduce_chan_level2")(x), 1, "decoder_level2")
+    x = stage(n2, conv(2 * d, 1, "reduce_chan_level2")(x), 1, "decoder_level2")
     x = jnp.concatenate([up(x, "up2_1"), enc1], axis=-1)
-    x = blocks(n1, x, 0, "decoder_level1")
+    x = stage(n1, x, 0, "decoder_level1")
     x = blocks(self.num_refinement_blocks, x, 0, "refinement")
 
     if self.dual_pixel_task:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from restorejax.models import prior_concat, stack
+from restorejax.models import fusion, stack
 from restorejax.models.torch_compat import (
     TORCH_INIT, leaky_relu, pad_to_multiple, pixel_unshuffle, upsample_nearest)
 
@@ -61,14 +61,17 @@ class RRDB(nn.Module):
 
 
 class RRDBNet(nn.Module):
-  """`model(degraded, prior=None) -> restored`; NHWC in [0, 1]; the output is `scale` times larger.
+  """`model(degraded, prior=None, prior_mask=None) -> restored`; NHWC in [0, 1]; the output is `scale`
+  times larger.
 
   Attributes:
     in_channels, out_channels: image channels.
     scale: 4 (ESRGAN), 2 or 1 (input pixel-unshuffled by 2 or 4 first).
     num_feat, num_block, num_grow_ch: trunk width, RRDB count, dense growth channels.
-    fusion: 'none' or 'concat' (the prior, at the input's resolution with `out_channels` channels, added as
-      channels to the first conv; zeros when absent).
+    fusion: how a prior (`out_channels` channels, on the input's grid) enters (restorejax.models.fusion):
+      'none', 'concat', 'sft' (at the trunk's input and output) or 'xattn' (at the trunk's input).
+    fusion_width, fusion_heads, fusion_scale: the prior encoder's width, the cross-attention heads, the
+      cross-attention tokens' downsampling (of the input; the trunk's when coarser).
     dtype, scan, remat: compute dtype; scan over the RRDB trunk; rematerialise each RRDB.
   """
 
@@ -79,13 +82,16 @@ class RRDBNet(nn.Module):
   num_block: int = 23
   num_grow_ch: int = 32
   fusion: str = "none"
+  fusion_width: int = 16
+  fusion_heads: int = 4
+  fusion_scale: int = 8
   dtype: str = "float32"
   scan: bool = True
   remat: bool = False
 
   @nn.compact
-  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    prior_concat.check(self.fusion)
+  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
+               prior_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     if self.scale not in (1, 2, 4):
       raise ValueError(f"model.scale {self.scale}: RRDBNet supports 1, 2 and 4")
     if degraded.shape[-1] != self.in_channels:
@@ -95,14 +101,19 @@ class RRDBNet(nn.Module):
     _, h, w, _ = degraded.shape
     conv = lambda f, name: nn.Conv(f, (3, 3), padding=1, dtype=dtype, kernel_init=TORCH_INIT, name=name)
 
-    x = prior_concat.append(degraded.astype(jnp.float32), prior, fusion=self.fusion,
-                            channels=self.out_channels)
+    fz = fusion.Fusion.of(self, "RRDBNet", degraded, prior, prior_mask, channels=self.out_channels)
+    x = fz.concat(degraded.astype(jnp.float32))
     unshuffle = 4 // self.scale
+    level = unshuffle.bit_length() - 1  # the trunk runs at 1/unshuffle of the input
+    pad = lambda t: pad_to_multiple(t, unshuffle, mode="reflect")
+    fz.encode(pad, level)
     if unshuffle > 1:
-      x = pixel_unshuffle(pad_to_multiple(x, unshuffle, mode="reflect"), unshuffle)
+      x = pixel_unshuffle(pad(x), unshuffle)
     feat = conv(self.num_feat, "conv_first")(x.astype(dtype))
+    feat = fz.modulate(fz.attend(feat, level), level, "conv_first")
     body = stack.repeat(RRDB, self.num_block, feat, name="body", scan=self.scan, remat=self.remat,
                         num_grow_ch=self.num_grow_ch, dtype=dtype)
+    body = fz.modulate(body, level, "body")
     feat = feat + conv(self.num_feat, "conv_body")(body)
     feat = leaky_relu(conv(self.num_feat, "conv_up1")(upsample_nearest(feat, 2)), 0.2)
     feat = leaky_relu(conv(self.num_feat, "conv_up2")(upsample_nearest(feat, 2)), 0.2)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from restorejax.models import prior_concat, stack
+from restorejax.models import fusion, stack
 from restorejax.models.torch_compat import (
     TORCH_INIT, TRUNC_NORMAL_02, check_power_of_two_or_three, leaky_relu, pad_to_multiple, pixel_shuffle,
     upsample_nearest)
@@ -200,7 +200,8 @@ class RSTB(nn.Module):
 
 
 class SwinIR(nn.Module):
-  """`model(degraded, prior=None) -> restored`; NHWC in [0, 1]; SR output is `upscale` times larger.
+  """`model(degraded, prior=None, prior_mask=None) -> restored`; NHWC in [0, 1]; SR output is `upscale`
+  times larger.
 
   Attributes:
     channels: image channels (3 color, 1 gray); the mean shift applies to 3 channels only.
@@ -211,8 +212,10 @@ class SwinIR(nn.Module):
       must be even (blocks come in regular/shifted pairs, as in every official model).
     patch_norm: LayerNorm after the patch embedding.
     resi_connection: '1conv' or '3conv'.
-    fusion: 'none' or 'concat' (the prior, at the input's resolution, mean-shifted like the input and
-      added as channels to the first conv; zeros when absent).
+    fusion: how a prior enters (restorejax.models.fusion; the prior is mean-shifted like the input, on
+      the input's grid): 'none', 'concat', 'sft' (after every RSTB) or 'xattn' (at the body's input).
+    fusion_width, fusion_heads, fusion_scale: the prior encoder's width, the cross-attention heads, the
+      cross-attention tokens' downsampling.
     dtype, scan, remat: compute dtype; scan over each RSTB's block pairs; rematerialise them.
   """
 
@@ -230,12 +233,14 @@ class SwinIR(nn.Module):
   patch_norm: bool = True
   resi_connection: str = "1conv"
   fusion: str = "none"
+  fusion_width: int = 16
+  fusion_heads: int = 4
+  fusion_scale: int = 8
   dtype: str = "float32"
   scan: bool = True
   remat: bool = False
 
   def _check(self, degraded):
-    prior_concat.check(self.fusion)
     if self.upsampler not in UPSAMPLERS:
       raise ValueError(f"model.upsampler: unknown {self.upsampler!r} (known: {UPSAMPLERS})")
     if self.resi_connection not in ("1conv", "3conv"):
@@ -255,7 +260,8 @@ class SwinIR(nn.Module):
       raise ValueError(f"degraded image has {degraded.shape[-1]} channels, model.channels is {self.channels}")
 
   @nn.compact
-  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
+               prior_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     self._check(degraded)
     dtype = jnp.dtype(self.dtype)
     _, h, w, _ = degraded.shape
@@ -265,16 +271,20 @@ class SwinIR(nn.Module):
                                       name=name)
     norm = lambda name: nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
-    x = prior_concat.append(normalize(degraded.astype(jnp.float32)), prior, fusion=self.fusion,
-                            channels=self.channels, normalize=normalize)
-    x = pad_to_multiple(x, self.window_size, mode="reflect")
+    fz = fusion.Fusion.of(self, "SwinIR", degraded, prior, prior_mask, channels=self.channels,
+                          normalize=normalize)
+    pad = lambda t: pad_to_multiple(t, self.window_size, mode="reflect")
+    x = pad(fz.concat(normalize(degraded.astype(jnp.float32))))
+    fz.encode(pad, 0)
     inp = x[..., :self.channels]
 
     first = conv(self.embed_dim, 3, "conv_first")(x.astype(dtype))
     y = norm("patch_embed_norm")(first) if self.patch_norm else first
+    y = fz.attend(y, 0)
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       y = RSTB(depth, heads, self.window_size, self.mlp_ratio, self.qkv_bias, self.qk_scale,
                self.resi_connection, self.scan, self.remat, dtype, name=f"layers_{i}")(y)
+      y = fz.modulate(y, 0, f"layers_{i}")
     y = residual_convs(norm("norm")(y), self.resi_connection, dtype, "conv_after_body") + first
 
     num_feat = 64

@@ -1,5 +1,6 @@
-"""Restoration: `model(degraded, prior=None) -> restored`, trained with the loss terms of `config.losses`,
-evaluated on full held-out images with BasicSR's PSNR/SSIM (restorejax.evaluation.held_out)."""
+"""Restoration: `model(degraded, prior=None, prior_mask=None) -> restored`, trained with the loss terms
+of `config.losses`, evaluated on full held-out images with BasicSR's PSNR/SSIM
+(restorejax.evaluation.held_out)."""
 
 from typing import Any
 
@@ -25,7 +26,8 @@ class Restoration:
     return self.model.init(rng, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
 
   def loss(self, params, batch, rng, aux):
-    restored = self.model.apply({"params": params}, batch["degraded"], batch.get("prior"))
+    restored = self.model.apply({"params": params}, batch["degraded"], batch.get("prior"),
+                                prior_mask=batch.get("prior_mask"))
     return self.loss_fn(restored, batch, {**aux, "rng": rng})
 
   def evaluator(self, mesh, batch_sharding):

@@ -28,10 +28,11 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def _start(workdir, *extra):
+def _start(workdir, *extra, cwd=ROOT):
   cmd = [sys.executable, "-m", "restorejax.main", f"--config={ROOT}/configs/default.py:tiny",
          f"--workdir={workdir}", *RUN, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))}
+  return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_checkpoint(proc, workdir, step, timeout=600):
@@ -65,8 +66,10 @@ def test_run_writes_the_promised_outputs(reference):
 
 
 def test_resume_after_sigkill_is_exact(reference, tmp_path):
-  workdir = str(tmp_path)
-  proc = _start(workdir)
+  # Started with a relative --workdir, as the README's command is (orbax's async saves need absolute
+  # paths; a relative one once crashed the first save), resumed with the absolute one.
+  workdir = str(tmp_path / "run")
+  proc = _start("run", cwd=tmp_path)
   _wait_for_checkpoint(proc, workdir, 20)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -131,6 +134,21 @@ def test_two_processes_preempted_and_resumed_agree_with_one(reference, tmp_path)
   s = read_summary(workdir)
   assert s["processes"] == 2 and s["steps"] == 80 and s["resumed_from_step"] >= 20
   _assert_same_curve(workdir, reference, rtol=1e-4)
+
+
+def test_importing_the_trainer_and_loading_configs_starts_no_jax_backend():
+  """jax.distributed.initialize() must come before any backend use, and main.py imports the trainer and
+  loads the config first: no module may compute with JAX at import (a module-level jnp.array once did)."""
+  code = ("import importlib.util, sys\n"
+          "from jax._src import xla_bridge\n"
+          "import restorejax.train, restorejax.evaluate, restorejax.restore, restorejax.sweep\n"
+          "for name in ('default', 'diffusion_prior', 'diffloss_nafnet'):\n"
+          "  spec = importlib.util.spec_from_file_location(name, f'configs/{name}.py')\n"
+          "  module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+          "  module.get_config()\n"
+          "sys.exit(3 if xla_bridge.backends_are_initialized() else 0)\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [

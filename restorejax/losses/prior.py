@@ -22,11 +22,12 @@ trace time naming the term and the data options that provide priors.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from restorejax.data import degrade
 from restorejax.losses.resize import resize
 
-_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # numpy: importing must not start a JAX backend
 
 
 def require_prior(batch, term: str) -> jnp.ndarray:

@@ -5,8 +5,8 @@ device (Gaussian blur sigma 0.1..1 then Gaussian noise sigma 10..50 on 0..255, r
 
 Run:
   python -m restorejax.main --config=configs/default.py --workdir=runs/default
-Expect on a 2-core CPU: about 7 minutes; summary.json shows eval/psnr about 5 dB above
-eval/input_psnr (see BENCHMARKS.md for measured figures).
+Expect on a 2-core CPU: about 6 minutes; summary.json shows eval/psnr about 3.6 dB above
+eval/input_psnr (21.95 vs 18.35 dB; see BENCHMARKS.md for measured figures).
 
 Variants (after a colon):
   configs/default.py:tiny   width 8, one block per stage, 32x32 patches, 60 steps: under a minute; for

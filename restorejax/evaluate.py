@@ -125,7 +125,7 @@ def main(argv: list[str]) -> None:
     cli.fail("--workdir is required (a run directory holding config.json)")
   if FLAGS["config"].present:
     cli.fail("--config is not used by restorejax.evaluate: the run's own config.json is")
-  cli._quiet_libraries()  # pylint: disable=protected-access
+  cli.quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
@@ -143,16 +143,10 @@ def main(argv: list[str]) -> None:
                m["input_ssim"], os.path.join(FLAGS.workdir, "eval", report["name"] + ".json"))
 
 
-def _parse(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-
 
 def run() -> None:
   _define_flags()
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_command_flags)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def parse_command_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing for the other commands (evaluate, restore, gir): a flag error is one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+
+
 def _auto_distributed() -> bool:
   env = os.environ
   return (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
@@ -87,7 +95,7 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
   """orbax logs every save step at INFO; keep its warnings, and our own INFO lines."""
   def keep(record) -> bool:
     return record.levelno >= std_logging.WARNING or not any(
@@ -98,7 +106,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  _quiet_libraries()
+  quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
   from restorejax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):

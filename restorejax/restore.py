@@ -189,7 +189,7 @@ def main(argv: list[str]) -> None:
     cli.fail("--config is not used by restorejax-restore: the run's own config.json is")
   if not inputs:
     cli.fail("no input images given (files or folders after the flags)")
-  cli._quiet_libraries()  # pylint: disable=protected-access
+  cli.quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
@@ -204,17 +204,11 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
 
 
-def _parse(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-
 
 def run() -> None:
   """Console entry point `restorejax-restore`."""
   _define_flags()
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_command_flags)
 
 
 if __name__ == "__main__":

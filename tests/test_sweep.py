@@ -104,3 +104,28 @@ def test_bad_sweep_files_are_named(tmp_path):
                          f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 2 and "variant name 'a' is empty, repeated" in proc.stderr
+
+
+@pytest.mark.parametrize("spec, variant", [("losses.py", "tiny"), ("losses.py", ""), ("fusion.py", "tiny"),
+                                           ("fusion.py", "")])
+def test_shipped_sweeps_override_real_fields_of_the_default_config(spec, variant):
+  """Every override of a shipped sweep names a field of configs/default.py (in the variant it is used
+  with) and has its type; evaluation crops fit the held-out images."""
+  from restorejax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  module_spec = importlib.util.spec_from_file_location("default_config", os.path.join(ROOT, "configs", "default.py"))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  variants = sweep_lib.load_sweep(os.path.join(ROOT, "configs", "sweeps", spec) + (f":{variant}" if variant else ""))
+  assert len(variants) >= 4
+  for name, overrides in variants:
+    config = module.get_config(variant or None)
+    for key, value in overrides.items():
+      *parents, field = key.split(".")
+      node = config
+      for part in parents:
+        node = node[part]
+      assert field in node, f"{spec}:{variant} {name}: {key} is not a config field"
+      with config.unlocked():
+        node[field] = value  # ConfigDict refuses a value of another type
+    assert config.data.eval_crop <= config.data.procedural.eval_image_size, (name, config.data.eval_crop)

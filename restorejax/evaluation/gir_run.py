@@ -139,7 +139,7 @@ def main(argv: list[str]) -> None:
   for flag in ("workdir", "out"):
     if not getattr(FLAGS, flag):
       cli.fail(f"--{flag} is required")
-  cli._quiet_libraries()  # pylint: disable=protected-access
+  cli.quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
@@ -159,16 +159,10 @@ def main(argv: list[str]) -> None:
   logging.info("GIR report in %s (%.1fs).", FLAGS.out, time.time() - start)
 
 
-def _parse(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-
 
 def run() -> None:
   _define_flags()
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_command_flags)
 
 
 if __name__ == "__main__":

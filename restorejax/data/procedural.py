@@ -20,12 +20,13 @@ def _radius(rng: np.random.Generator, r_min: float, r_max: float, n: int) -> np.
 
 
 def _fill(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-  """Colour of one shape over its bounding box: flat, a linear gradient, or a texture."""
+  """Colour of one shape over its bounding box (open float32 grids `yy` (h, 1), `xx` (1, w)): flat (an
+  RGB triple, broadcast by the caller), a linear gradient, or a texture (h, w, 3)."""
   grey = rng.random()
   base = np.clip(grey + rng.uniform(0.2, 0.8) * (rng.random(3) - 0.5), 0, 1)  # natural, not neon, colours
   kind = rng.random()
   if kind < 0.6:
-    return np.broadcast_to(base, yy.shape + (3,))
+    return base
   other = np.clip(base + rng.normal(0, 0.25, 3), 0, 1)
   if kind < 0.8:
     angle = rng.uniform(0, 2 * np.pi)
@@ -37,7 +38,7 @@ def _fill(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarra
     angle = rng.uniform(0, np.pi)
     wave = 0.5 + 0.5 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 6.3))
     return base * wave[..., None] + other * (1 - wave[..., None])
-  return base + rng.normal(0.0, rng.uniform(0.03, 0.12), yy.shape + (1,))
+  return base + rng.normal(0.0, rng.uniform(0.03, 0.12), (yy.shape[0], xx.shape[1], 1))
 
 
 def dead_leaves(rng: np.random.Generator, size: int, *, r_min: float = 2.0, r_max: float | None = None,
@@ -60,6 +61,8 @@ def dead_leaves(rng: np.random.Generator, size: int, *, r_min: float = 2.0, r_ma
   kinds = rng.random(max_shapes)
   angles = rng.uniform(0, 2 * np.pi, (max_shapes, 3))
   aspects = rng.uniform(0.2, 1.0, max_shapes)
+  grid = np.arange(size)                      # integer pixel coordinates for the masks,
+  grid_f = grid.astype(np.float32)            # float32 ones for the fills
   for i in range(max_shapes):
     if count >= target:
       break
@@ -68,8 +71,7 @@ def dead_leaves(rng: np.random.Generator, size: int, *, r_min: float = 2.0, r_ma
     x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, size))
     if y0 >= y1 or x0 >= x1:
       continue
-    yy, xx = np.ogrid[y0:y1, x0:x1]
-    dy, dx = yy - cy, xx - cx
+    dy, dx = grid[y0:y1, None] - cy, grid[None, x0:x1] - cx
     if kinds[i] < 0.55:
       mask = dy * dy + dx * dx <= r * r
     elif kinds[i] < 0.85:
@@ -84,8 +86,8 @@ def dead_leaves(rng: np.random.Generator, size: int, *, r_min: float = 2.0, r_ma
     mask = mask & ~box
     n = int(mask.sum())
     if n:
-      yy, xx = np.broadcast_arrays(yy.astype(np.float32), xx.astype(np.float32))
-      canvas[y0:y1, x0:x1][mask] = _fill(rng, yy, xx)[mask]
+      colour = _fill(rng, grid_f[y0:y1, None], grid_f[None, x0:x1])
+      canvas[y0:y1, x0:x1][mask] = colour if colour.ndim == 1 else colour[mask]
       box |= mask
       count += n
   return np.round(np.clip(canvas, 0.0, 1.0) * 255.0).astype(np.uint8)

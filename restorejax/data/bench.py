@@ -12,7 +12,7 @@ The host must outrun the chips' training step (`train/images_per_s`) or it starv
 """
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,8 @@ def _time_device(fn, args, steps: int) -> tuple[float, float]:
   return (time.perf_counter() - t0) / steps, compile_s
 
 
-def _time_batches(it, steps: int) -> tuple[float, dict[str, Any]]:
-  t0 = time.perf_counter()
+def _time_batches(it, steps: int) -> tuple[float, Optional[dict[str, Any]]]:
+  t0, batch = time.perf_counter(), None
   for _ in range(steps):
     batch = next(it)
   return time.perf_counter() - t0, batch

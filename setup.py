@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8.0,<10"],
+    "test": ["pytest>=8.0,<10", "pytest-xdist>=3.5,<4"],
     # Accelerators: the matching jax build for the machine.
     "cuda": ["jax[cuda12]>=0.7.0,<0.11"],
     "tpu": ["jax[tpu]>=0.7.0,<0.11"],

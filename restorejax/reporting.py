@@ -1,7 +1,8 @@
 """What a run reports: clu writers (TensorBoard), `metrics.jsonl`, image grids and `summary.json`.
 
 Only process 0 writes. Every scalar goes both to TensorBoard and to `metrics.jsonl`, one JSON object per
-write: `{"step": n, "<name>": value, ...}`.
+write: `{"step": n, "<name>": value, ...}`. clu's writers bring TensorFlow (6-7 s to import on a small
+CPU), so they are imported when a run creates its writers, not when a command imports this module.
 """
 
 import hashlib
@@ -11,11 +12,13 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends every `write_scalars` call to a JSON-lines file; ignores the other kinds of summaries."""
+class JsonlWriter:
+  """Appends every `write_scalars` call to a JSON-lines file; ignores the other kinds of summaries.
+
+  It has the methods of clu's `MetricWriter` interface (what `MultiWriter` calls) without deriving from
+  it, so that defining it does not import TensorFlow."""
 
   def __init__(self, path: str):
     self._file = open(path, "a", encoding="utf-8")
@@ -53,8 +56,9 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard + metrics.jsonl + log lines on process 0; log lines only elsewhere."""
+def create_writer(workdir: str) -> Any:
+  """TensorBoard + metrics.jsonl + log lines on process 0; log lines only elsewhere (a clu MetricWriter)."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (TensorFlow, see module doc)
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(None, just_logging=True)
   return metric_writers.MultiWriter([

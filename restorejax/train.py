@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import parameter_overview, periodic_actions
+from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
@@ -262,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_scalars(first_step, {"train/compile_s": compile_s})
 
   # --- Loop -----------------------------------------------------------------------------------------
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (TensorFlow: see reporting.py)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   preemption = Preemption()

@@ -143,7 +143,6 @@ def main(argv: list[str]) -> None:
                m["input_ssim"], os.path.join(FLAGS.workdir, "eval", report["name"] + ".json"))
 
 
-
 def run() -> None:
   _define_flags()
   app.run(main, flags_parser=cli.parse_command_flags)

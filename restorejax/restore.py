@@ -204,7 +204,6 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
 
 
-
 def run() -> None:
   """Console entry point `restorejax-restore`."""
   _define_flags()

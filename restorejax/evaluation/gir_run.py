@@ -159,7 +159,6 @@ def main(argv: list[str]) -> None:
   logging.info("GIR report in %s (%.1fs).", FLAGS.out, time.time() - start)
 
 
-
 def run() -> None:
   _define_flags()
   app.run(main, flags_parser=cli.parse_command_flags)

@@ -10,7 +10,7 @@ Run:
   python -m restorejax.main --config=configs/diffusion_prior.py --workdir=runs/diffusion_prior
   python -m restorejax.main --config=configs/diffloss_nafnet.py --workdir=runs/diffloss_nafnet
 Expect: eval/psnr within a few tenths of a dB of configs/default.py (DiffLoss is a naturalness
-constraint, not a PSNR booster; see RESULTS.md), at about 1.9x the step time of the plain run on a CPU
+constraint, not a PSNR booster; see RESULTS.md), at about 2.2x the step time of the plain run on a CPU
 (4.6x its FLOPs: `python -m restorejax.bench step --config=configs/diffloss_nafnet.py --baseline=configs/default.py`).
 
 The argument after the colon is comma-separated: a variant of configs/default.py ('default' or 'tiny')

@@ -9,7 +9,8 @@ Run:
   python -m restorejax.main --config=configs/diffusion_prior.py --workdir=runs/diffusion_prior
 Expect on a 2-core CPU: 25-50 minutes; eval/loss (the held-out eps-MSE at fixed steps and noise) falls
 from 0.135 at step 500 to about 0.123, and runs/diffusion_prior/samples.png shows DDIM samples: flat and
-textured overlapping shapes like the data (measured figures in RESULTS.md). The directory is what `config.losses.diffloss.prior` takes.
+textured overlapping shapes like the data (measured figures in RESULTS.md). The directory is what
+`config.losses.diffloss.prior` takes.
 
 Variants (after a colon):
   configs/diffusion_prior.py:64    the same at 64x64 (crops as they are), a wider UNet with one more level.

@@ -43,7 +43,7 @@ def get_sweep(arg=None):
   losses = {"pixel": {}, "prior": PRIOR_TERMS, "diffloss": diffloss, "both": {**PRIOR_TERMS, **diffloss}}
   # Evaluated on centre crops of the training patch size: simulated priors are made from the image they
   # accompany, so their misalignment in pixels grows with its size, and a full 96x96 held-out image gets
-  # 1.5x the shifts the 64x64 training patches had (BENCHMARKS.md, "Prior fusion"). Real priors, cropped
+  # 1.5x the shifts the 64x64 training patches had (RESULTS.md, "Prior fusion"). Real priors, cropped
   # with the same window as their images, do not have this mismatch.
   common = {"data.simulated_prior.enabled": True, "data.eval_crop": 32 if tiny else 64,
             **(TINY if tiny else {})}

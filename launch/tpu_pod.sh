@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A Cloud TPU pod slice: the same command on every worker at once (each worker is one process).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE --config=configs/default.py --workdir=gs://bucket/runs/exp1
+#   launch/tpu_pod.sh TPU_NAME ZONE --config=configs/default.py --workdir=/mnt/bucket/runs/exp1
 #
 # Assumes the repository is checked out at ~/restorejax on every worker and installed with
 # pip install -e ".[tpu]" (launch/tpu_pod.sh TPU_NAME ZONE --setup does both from RESTOREJAX_REPO).
-# JAX finds the other workers by itself on TPU VMs; the work directory should be a GCS path (or any
-# filesystem every worker sees). Re-running the same command resumes from the last checkpoint.
+# JAX finds the other workers by itself on TPU VMs; the work directory must be a path every worker sees
+# at the same place (a bucket mounted with gcsfuse, a Filestore share); gs:// URLs are refused for now.
+# Re-running the same command resumes from the last checkpoint.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 TPU_NAME ZONE [--setup | restorejax.main flags...]" >&2

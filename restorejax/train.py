@@ -147,6 +147,10 @@ class Preemption:
 # ----------------------------------------------------------------------------------------------------
 
 def check_workdir(workdir: str) -> None:
+  if "://" in workdir:  # os.makedirs would quietly make a local directory named 'gs:'
+    raise ValueError(f"--workdir={workdir}: URL work directories are not supported yet (metrics and "
+                     "summaries are written with local file I/O); use a path that every process sees, "
+                     "e.g. a bucket mounted with gcsfuse or an NFS/Filestore share")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test_{jax.process_index()}")

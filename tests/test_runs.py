@@ -191,6 +191,9 @@ def test_unwritable_workdir_is_named(tmp_path):
   blocker.write_text("")
   proc = run_main(str(blocker / "run"), check=False, timeout=300)
   _assert_one_line_error(proc, f"--workdir={blocker / 'run'} is not writable")
+  proc = run_main("gs://bucket/run", check=False, timeout=300)
+  _assert_one_line_error(proc, "--workdir=gs://bucket/run: URL work directories are not supported yet")
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
 
 
 def test_run_that_keeps_failing_stops_with_a_clear_message(tmp_path):

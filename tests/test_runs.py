@@ -142,7 +142,7 @@ def test_importing_the_trainer_and_loading_configs_starts_no_jax_backend():
   code = ("import importlib.util, sys\n"
           "from jax._src import xla_bridge\n"
           "import restorejax.train, restorejax.evaluate, restorejax.restore, restorejax.sweep\n"
-          "for name in ('default', 'diffusion_prior', 'diffloss_nafnet'):\n"
+          "for name in ('default', 'diffusion_prior', 'diffloss_nafnet', 'gir'):\n"
           "  spec = importlib.util.spec_from_file_location(name, f'configs/{name}.py')\n"
           "  module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
           "  module.get_config()\n"

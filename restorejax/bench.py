@@ -8,7 +8,9 @@
 FLOPs per step (XLA cost analysis) and MFU when the device's peak is known. With `--baseline`, the same
 figures for a second config measured in the same process, interleaved, and their ratios: the way to compare
 on a shared, noisy machine (e.g. the cost of DiffLoss over a plain step).
-`data`: triples/s of the host input pipeline and of the on-device degradation (see restorejax/data/bench.py).
+`data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
+(images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
+restorejax/data/bench.py).
 `convs`: forward+backward time of Flax's 1x1 and depthwise `nn.Conv` against `restorejax.models.convs`
 at the config's batch, patch and 2x width (why the networks use the latter).
 Also installed as `restorejax-bench`. Record results in BENCHMARKS.md with the command, machine and date.
@@ -150,7 +152,8 @@ def bench_convs() -> dict:
 
 def bench_data() -> dict:
   from restorejax.data import bench as data_bench  # pylint: disable=g-import-not-at-top
-  return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  step = StepBench(FLAGS.config)  # compiled first: compiling would load the cores while the host is timed
+  return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, step=step)
 
 
 COMMANDS = {"step": bench_step, "data": bench_data, "convs": bench_convs}

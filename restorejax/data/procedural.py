@@ -30,14 +30,18 @@ def _ragged_arange(n: np.ndarray) -> np.ndarray:
   return np.arange(n.sum(), dtype=n.dtype) - np.repeat(np.cumsum(n) - n, n)
 
 
-def _box_pixels(y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray):
-  """Every pixel of every box [y0, y1) x [x0, x1), row by row: (box number, y, x); empty boxes have none."""
-  h, w = np.maximum(y1 - y0, 0), np.maximum(x1 - x0, 0)
+def _box_rows(y0: np.ndarray, y1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Every row of every box [y0, y1) x ...: (box number, y); empty boxes have none."""
+  h = np.maximum(y1 - y0, 0)
+  box = np.repeat(np.arange(len(h), dtype=h.dtype), h)
+  return box, y0[box] + _ragged_arange(h)
+
+
+def _row_pixels(box: np.ndarray, y: np.ndarray, x0: np.ndarray, x1: np.ndarray):
+  """Every pixel [x0, x1) of the rows (`box`, `y`) that `_box_rows` gives: (box number, y, x)."""
+  w = np.maximum(x1 - x0, 0)[box]
   # Rows, then pixels: no integer division, which numpy does slowly with an array divisor.
-  row_box = np.repeat(np.arange(len(h), dtype=h.dtype), h)
-  row_y, row_w = y0[row_box] + _ragged_arange(h), w[row_box]
-  x = np.repeat(x0[row_box], row_w) + _ragged_arange(row_w)
-  return np.repeat(row_box, row_w), np.repeat(row_y, row_w), x
+  return np.repeat(box, w), np.repeat(y, w), np.repeat(x0[box], w) + _ragged_arange(w)
 
 
 def _cover(owner: np.ndarray, shapes: np.ndarray, kind: np.ndarray, boxes: tuple[np.ndarray, ...],
@@ -51,11 +55,19 @@ def _cover(owner: np.ndarray, shapes: np.ndarray, kind: np.ndarray, boxes: tuple
   """
   size, owner = owner.shape[0], owner.reshape(-1)
   shapes = shapes[np.argsort(kind[shapes], kind="stable")]  # discs, then rectangles, then triangles
-  box, y, x = _box_pixels(*(b[shapes] for b in boxes))
+  y0, y1, x0, x1 = (b[shapes] for b in boxes)
+  box, y = _box_rows(y0, y1)
+  if not fresh:  # pixels an earlier chunk's shape owns are decided: skip rows without free pixels
+    free = owner == len(radii)
+    before = np.zeros((size, size + 1), np.int32)
+    np.cumsum(free.reshape(size, size), axis=1, out=before[:, 1:])  # free pixels left of x in row y
+    keep = np.flatnonzero(before[y, x1[box]] > before[y, x0[box]])
+    box, y = box[keep], y[keep]
+  box, y, x = _row_pixels(box, y, x0, x1)
   p = y * size + x
-  if not fresh:  # pixels an earlier chunk's shape owns are decided
-    free = np.flatnonzero(owner[p] == len(radii))
-    box, p, y, x = box[free], p[free], y[free], x[free]
+  if not fresh:
+    keep = np.flatnonzero(free[p])
+    box, p, y, x = box[keep], p[keep], y[keep], x[keep]
   s = shapes[box]
   dy, dx, r = y - centres[s, 0], x - centres[s, 1], radii[s]
   first = np.cumsum(np.bincount(kind[shapes], minlength=3))  # shapes[:first[0]] are discs, ...
@@ -82,33 +94,42 @@ def _cover(owner: np.ndarray, shapes: np.ndarray, kind: np.ndarray, boxes: tuple
 _FLAT, _GRADIENT, _WAVE, _NOISE = range(4)
 
 
-def _draw_fills(rng: np.random.Generator, painted: list[int], area: list[int]) -> list[tuple]:
+def _draw_fills(rng: np.random.Generator, painted: list[int], area: list[int]) -> tuple[list, ...]:
   """The fill of each shape in `painted` (`area`: pixels in its bounding box), drawn in that order: a flat
   colour (60%), a linear gradient to a second colour (20%), a sine wave between the two (12%), or the
   colour plus Gaussian noise (8%). Only the draws, in plain floats where numpy's per-call cost would
-  dominate; `_paint` computes the pixels. Returns (kind, base, other, cos, sin, freq, phase, noise)s."""
+  dominate; `_paint` computes the pixels.
+
+  Returns the kinds, the base colours (flattened), (position, other colour, cos, sin, freq, phase) of the
+  shapes that are not flat and (position, noise over the box, row by row) of the noisy ones.
+  """
   random, uniform, normal = rng.random, rng.uniform, rng.normal
-  fills = []
-  for i in painted:
+  kinds, bases, textured, noisy = [], [], [], []
+  for n, i in enumerate(painted):
     grey, spread = random(), uniform(0.2, 0.8)
     *rgb, kind = random(4).tolist()  # the numbers rng.random(3), then rng.random() give
     base = [_clip01(grey + spread * (c - 0.5)) for c in rgb]  # natural, not neon, colours
+    bases += base
     if kind < 0.6:
-      fills.append((_FLAT, base, base, 0.0, 0.0, 0.0, 0.0, None))
+      kinds.append(_FLAT)
       continue
     other = [_clip01(b + e) for b, e in zip(base, normal(0, 0.25, 3).tolist())]
+    cos = sin = freq = phase = 0.0
     if kind < 0.8:
-      angle = uniform(0, 2 * np.pi)
-      fills.append((_GRADIENT, base, other, np.cos(angle), np.sin(angle), 0.0, 0.0, None))
+      kind, angle = _GRADIENT, uniform(0, 2 * np.pi)
+      cos, sin = np.cos(angle), np.sin(angle)
     elif kind < 0.92:
-      freq, angle, phase = uniform(0.2, 1.2), uniform(0, np.pi), uniform(0, 6.3)
-      fills.append((_WAVE, base, other, np.cos(angle), np.sin(angle), freq, phase, None))
-    else:  # noise over the whole box, row by row
-      fills.append((_NOISE, base, other, 0.0, 0.0, 0.0, 0.0, normal(0.0, uniform(0.03, 0.12), area[i])))
-  return fills
+      kind, freq, angle, phase = _WAVE, uniform(0.2, 1.2), uniform(0, np.pi), uniform(0, 6.3)
+      cos, sin = np.cos(angle), np.sin(angle)
+    else:
+      kind = _NOISE
+      noisy.append((n, normal(0.0, uniform(0.03, 0.12), area[i])))
+    kinds.append(kind)
+    textured.append((n, *other, cos, sin, freq, phase))
+  return kinds, bases, textured, noisy
 
 
-def _paint(canvas: np.ndarray, owner: np.ndarray, painted: np.ndarray, fills: list[tuple],
+def _paint(canvas: np.ndarray, owner: np.ndarray, painted: np.ndarray, fills: tuple[list, ...],
            boxes: tuple[np.ndarray, ...]) -> None:
   """Paints each pixel of `canvas` (size, size, 3) whose `owner` is in `painted` with that shape's fill.
 
@@ -118,8 +139,13 @@ def _paint(canvas: np.ndarray, owner: np.ndarray, painted: np.ndarray, fills: li
   size, n = canvas.shape[0], len(painted)
   if not n:
     return
-  kind, base, other, cos, sin, freq, phase, noise = zip(*fills)
-  kind, cos, sin, freq, phase, base, other = map(np.array, (kind, cos, sin, freq, phase, base, other))
+  kinds, bases, textured, noisy = fills
+  kind, base = np.array(kinds), np.array(bases).reshape(n, 3)
+  other, (cos, sin, freq, phase) = base.copy(), np.zeros((4, n))
+  if textured:
+    t = np.array(textured)
+    at = t[:, 0].astype(np.int64)
+    other[at], cos[at], sin[at], freq[at], phase[at] = t[:, 1:4], t[:, 4], t[:, 5], t[:, 6], t[:, 7]
   which = np.full(len(boxes[0]) + 1, n)       # shape -> its position in `painted`; n: not painted
   which[painted] = np.arange(n)
   slot = which[owner.reshape(-1)]
@@ -131,9 +157,10 @@ def _paint(canvas: np.ndarray, owner: np.ndarray, painted: np.ndarray, fills: li
   corners = [cos * grid[x] + sin * grid[y] for y in (y0, y1 - 1) for x in (x0, x1 - 1)]
   low = np.minimum.reduce(corners)
   scale = np.maximum(np.maximum.reduce(corners) - low, 1.0)  # max(np.ptp(ramp), 1.0)
-  sizes = [0 if v is None else v.size for v in noise]
+  sizes = np.zeros(n, np.int64)
+  sizes[[i for i, _ in noisy]] = [v.size for _, v in noisy]
   start = np.cumsum(sizes) - sizes
-  noise = np.concatenate([v for v in noise if v is not None] or [np.zeros(0)])
+  noise = np.concatenate([v for _, v in noisy] or [np.zeros(0)])
   out = canvas.reshape(-1, 3)
   for k in (_FLAT, _GRADIENT, _WAVE, _NOISE):
     pix = np.flatnonzero(pixel_kind == k)

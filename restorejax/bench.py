@@ -8,7 +8,10 @@
 FLOPs per step (XLA cost analysis) and MFU when the device's peak is known. With `--baseline`, the same
 figures for a second config measured in the same process, interleaved, and their ratios: the way to compare
 on a shared, noisy machine (e.g. the cost of DiffLoss over a plain step).
-`data`: triples/s of the host input pipeline and of the on-device degradation (see restorejax/data/bench.py).
+`data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
+(images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
+restorejax/data/bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to
+compile here).
 `convs`: forward+backward time of Flax's 1x1 and depthwise `nn.Conv` against `restorejax.models.convs`
 at the config's batch, patch and 2x width (why the networks use the latter).
 Also installed as `restorejax-bench`. Record results in BENCHMARKS.md with the command, machine and date.
@@ -32,6 +35,7 @@ flags.DEFINE_integer("steps", 20, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 3, "Rounds; configs alternate between rounds.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_bool("step_alongside", True, "data: also time the config's train step and print host / step.")
 
 
 class StepBench:
@@ -150,7 +154,9 @@ def bench_convs() -> dict:
 
 def bench_data() -> dict:
   from restorejax.data import bench as data_bench  # pylint: disable=g-import-not-at-top
-  return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  # Compiled first: compiling would load the cores while the host is timed.
+  step = StepBench(FLAGS.config) if FLAGS.step_alongside else None
+  return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, step=step)
 
 
 COMMANDS = {"step": bench_step, "data": bench_data, "convs": bench_convs}

@@ -2,30 +2,29 @@
 benchmarks measure, tests check behaviour)."""
 
 import json
-import os
+import math
 import subprocess
 import sys
 
 from conftest import ROOT
 
-from restorejax.data import bench as data_bench
 
-
-def _tiny_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("default_config", os.path.join(ROOT, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
-
-
-def test_data_bench_measures_both_epochs_and_the_device_transforms():
-  config = _tiny_config()   # 64 images, batch 8: the second epoch starts after 8 batches
-  figures = data_bench.run(config, steps=2, warmup=1)
+def test_data_bench_measures_both_epochs_the_device_transforms_and_the_step_alongside(tmp_path):
+  out = tmp_path / "data.json"
+  # The tiny config: 64 images, batch 8, so the second epoch starts after 8 batches.
+  tiny = f"{ROOT}/configs/default.py:tiny"
+  command = ["-m", "restorejax.bench", "data", f"--config={tiny}", "--steps=2", "--warmup=1", f"--json={out}"]
+  proc = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(out.read_text())
   for key in ("host_triples_per_s", "host_triples_per_s_second_epoch", "degrade_triples_per_s",
-              "prior_triples_per_s"):
+              "prior_triples_per_s", "step_images_per_s", "step_ms", "host_over_step_first_epoch",
+              "host_over_step_second_epoch"):
     assert figures[key] > 0, key
+  ratio = figures["host_triples_per_s"] / figures["step_images_per_s"]
+  assert math.isclose(figures["host_over_step_first_epoch"], ratio)
   assert figures["batch_keys"] == ["index", "target"] and figures["batch_size"] == 8
+  assert json.loads(proc.stdout[proc.stdout.index("{"):]) == figures
 
 
 def test_step_bench_prints_figures_and_ratios_as_json(tmp_path):

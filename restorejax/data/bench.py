@@ -7,7 +7,11 @@
   each image once, so its first epoch is the slow one);
 - `degrade_triples_per_s`: `jit(vmap(degrade fn))` on one batch of targets of the patch size (the
   config's `data.degrade` recipe), timed over `steps` calls with `block_until_ready`, after compiling;
-- `prior_triples_per_s`: the same for `priors.simulate_prior` at the configured severity.
+- `prior_triples_per_s`: the same for `priors.simulate_prior` at the configured severity;
+- with `step` (the CLI's `restorejax.bench.StepBench` of the same config): `step_images_per_s`, the
+  compiled train step's consumption (median of `steps` timed steps before the host figures and `steps`
+  after, so that both sides see the same load), and `host_over_step_first_epoch` /
+  `host_over_step_second_epoch`, the host pipeline's rates over it.
 The host must outrun the chips' training step (`train/images_per_s`) or it starves them.
 """
 
@@ -67,12 +71,16 @@ def host_pipeline(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
   return result
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
-  """Measures the three rates (see module doc) for `config`; returns them with the settings used."""
+def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3, step=None) -> dict[str, Any]:
+  """Measures the rates (see module doc) for `config`; returns them with the settings used. `step`: a
+  compiled train step of `config` to measure alongside, with `run(steps, record=True)` and `figures()`."""
   b, p = config.data.batch_size, config.data.patch_size
   result = {"batch_size": b, "patch_size": p, "num_workers": config.data.num_workers,
             "read_threads": config.data.read_threads, "source": config.data.source,
             "device": jax.devices()[0].device_kind, "steps": steps}
+  if step is not None:
+    step.run(warmup, record=False)
+    step.run(steps)
   result.update(host_pipeline(config, steps=steps, warmup=warmup))
 
   targets = jnp.asarray(np.random.default_rng(0).random((b, p, p, 3), np.float32))
@@ -86,4 +94,13 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3) 
   severity = jnp.linspace(lo, hi, b)
   per_call, compile_s = _time_device(jax.vmap(priors.simulate_prior), (keys, targets, severity), steps)
   result.update(prior_triples_per_s=b / per_call, prior_compile_s=compile_s)
+
+  if step is not None:
+    step.run(steps)
+    figures = step.figures()
+    rate = figures["images_per_s"]
+    result.update(step_images_per_s=rate, step_ms=figures["step_ms"], step_compile_s=figures["compile_s"],
+                  host_over_step_first_epoch=result["host_triples_per_s"] / rate)
+    if "host_triples_per_s_second_epoch" in result:
+      result["host_over_step_second_epoch"] = result["host_triples_per_s_second_epoch"] / rate
   return result

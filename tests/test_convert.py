@@ -339,6 +339,20 @@ def test_restormer_known_function():
   np.testing.assert_allclose(out, x + shift_left(permute(x)), atol=1e-6)
 
 
+def test_restormer_single_channel_output_conv_is_a_full_conv():
+  """Gray Restormer (denoise-gray): its 3x3 output conv maps 2*dim channels to 1, a full conv even though
+  its feature count equals its group count (1); it once became a depthwise conv of 2*dim outputs."""
+  cfg = tiny_cfg("restormer", in_channels=1, out_channels=1)
+  rng = np.random.default_rng(0)
+  sd = {k: rng.normal(0, 0.2, shape).astype(np.float32) for k, shape in restormer_keys(cfg).items()}
+  x = image("restormer")[..., :1]
+  apply = forward("restormer", in_channels=1, out_channels=1)
+  out = np.asarray(apply({"params": convert.convert("restormer", sd, cfg)}, x))
+  assert out.shape == x.shape and not np.allclose(out, x, atol=1e-3)
+  sd["output.weight"] = np.zeros_like(sd["output.weight"])  # residual only: the input comes back
+  np.testing.assert_allclose(apply({"params": convert.convert("restormer", sd, cfg)}, x), x, atol=1e-6)
+
+
 def test_swinir_known_function():
   """Zero attention/MLP outputs and residual convs leave out = shuffle(upsample_conv(conv_first(x - mean)))
   + mean. Output channel c*4 + i*2 + j of the conv gets gain 1 + that index: PyTorch's PixelShuffle puts

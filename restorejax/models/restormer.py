@@ -57,7 +57,7 @@ def _conv(features, k, *, bias, dtype, name, groups=1):
   """nn.Conv's parameters; 1x1 and depthwise in the forms of `convs` (fast on XLA:CPU too)."""
   if k == 1 and groups == 1:
     return convs.PointwiseConv(features, use_bias=bias, dtype=dtype, kernel_init=TORCH_INIT, name=name)
-  if groups == features and k % 2 == 1:
+  if groups > 1 and groups == features and k % 2 == 1:  # not a 1-channel output conv
     return convs.DepthwiseConv(k, use_bias=bias, dtype=dtype, kernel_init=TORCH_INIT, name=name)
   return nn.Conv(features, (k, k), padding=k // 2, use_bias=bias, feature_group_count=groups,
                  dtype=dtype, kernel_init=TORCH_INIT, name=name)

@@ -1,7 +1,8 @@
 """Loss ablation with generative priors: {pixel only, + prior loss, + DiffLoss, + both} x fusion {none,
 concat}, on the embedded dead-leaves data with simulated (misaligned, re-toned) priors.
 
-Run (about 4 x the default run's time for the 8 variants on a 2-core CPU; DiffLoss needs its prior first):
+Run (8 runs of the default config; the DiffLoss ones take about twice as long: 1-1.5 hours in all on a
+quiet 2-core CPU, several hours on a loaded one; DiffLoss needs its prior first):
   python -m restorejax.main --config=configs/diffusion_prior.py --workdir=runs/diffusion_prior
   python -m restorejax.sweep --config=configs/default.py --sweep=configs/sweeps/losses.py \
       --workdir=runs/sweep_losses

@@ -154,6 +154,26 @@ def test_q_sample_statistics():
     assert xt[b].std() == pytest.approx(math.sqrt(1 - a), rel=0.03)
 
 
+def test_noising_and_x0_prediction_keep_float64_precision_near_abar_one():
+  """Step 0 of the linear schedule has 1 - abar = 1e-4: sqrt(1 - abar) from a float32 abar would be off by
+  3e-4 relative. The stored coefficients are derived in float64 (as guided-diffusion's)."""
+  s = schedules.make("linear", 1000)
+  abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+  rng = np.random.default_rng(0)
+  x0, noise = rng.uniform(-1, 1, (3, 16, 16, 3)), rng.standard_normal((3, 16, 16, 3))
+  i = np.array([0, 1, 999])
+  a = abar[i][:, None, None, None]
+  xt = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  np.testing.assert_allclose(objectives.q_sample_step(f32(x0), f32(i).astype(int), f32(noise), s), xt,
+                             rtol=0, atol=1e-6)
+  x0_pred = np.asarray(samplers.predict_x0(f32(xt), f32(noise), jnp.asarray(i), s), np.float64)
+  np.testing.assert_allclose(x0_pred[:2], x0[:2], rtol=0, atol=1e-6)  # t = 999: 1/sqrt(abar) = 158 amplifies
+  np.testing.assert_allclose(x0_pred[2], x0[2], rtol=0, atol=2e-4)    # float32 rounding of x_t
+  eps = np.asarray(samplers.eps_from_x0(f32(xt), f32(x0), jnp.asarray(i), s), np.float64)
+  np.testing.assert_allclose(eps[2], noise[2], rtol=0, atol=1e-5)
+
+
 def test_eps_loss_kinds():
   pred, target = jnp.array([[1.0, -2.0], [0.5, 0.5]]), jnp.array([[0.0, 0.0], [0.0, 1.5]])
   np.testing.assert_allclose(objectives.eps_loss(pred, target, "l2"), [2.5, 0.625])
@@ -198,7 +218,7 @@ def test_vb_term_zero_at_the_true_posterior_and_stops_eps_gradient():
     k1, k2 = jax.random.split(key)
     x0 = jax.random.uniform(k1, (4, 8, 8, 3), minval=-1, maxval=1)
     noise = jax.random.normal(k2, x0.shape)
-    xt = objectives.q_sample(x0, s.alphas_cumprod[i], noise)
+    xt = objectives.q_sample_step(x0, i, noise, s)
     # v = -1 selects the posterior variance: with the true eps the model posterior is the true one.
     vb = objectives.vb_terms_bpd(jnp.concatenate([noise, -jnp.ones_like(noise)], -1), x0, xt, i, s)
     vb_large = objectives.vb_terms_bpd(jnp.concatenate([noise, jnp.ones_like(noise)], -1), x0, xt, i, s)

@@ -28,9 +28,15 @@ def _bcast(v: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
 
 
 def q_sample(x0: jnp.ndarray, abar: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
-  """x_t = sqrt(abar) x0 + sqrt(1 - abar) noise; abar scalar or (B,)."""
+  """x_t = sqrt(abar) x0 + sqrt(1 - abar) noise for a continuous abar, scalar or (B,) (SR3's noise level)."""
   abar = _bcast(jnp.asarray(abar, jnp.float32), x0)
   return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
+
+
+def q_sample_step(x0: jnp.ndarray, i: jnp.ndarray, noise: jnp.ndarray, schedule: Schedule) -> jnp.ndarray:
+  """x_t at schedule step i, scalar or (B,), with the float64-derived square roots (guided-diffusion's)."""
+  return (_bcast(schedule.sqrt_alphas_cumprod[i], x0) * x0
+          + _bcast(schedule.sqrt_one_minus_alphas_cumprod[i], x0) * noise)
 
 
 def eps_loss(pred: jnp.ndarray, target: jnp.ndarray, kind: str = "l2") -> jnp.ndarray:
@@ -95,14 +101,15 @@ def diffusion_loss(eps_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray], ke
   """
   b = x0.shape[0]
   key_t, key_n = jax.random.split(key)
+  noise = jax.random.normal(key_n, x0.shape, jnp.float32)
   if schedule.conditioning == "noise_level":
     abar, i = schedules.sample_noise_level(key_t, schedule, b)
     t = NOISE_LEVEL_SCALE * abar
+    x_t = q_sample(x0, abar, noise)
   else:
     i = jax.random.randint(key_t, (b,), 0, schedule.num_steps)
-    abar, t = schedule.alphas_cumprod[i], schedule.model_t[i]
-  noise = jax.random.normal(key_n, x0.shape, jnp.float32)
-  x_t = q_sample(x0, abar, noise)
+    t = schedule.model_t[i]
+    x_t = q_sample_step(x0, i, noise, schedule)
   out = eps_fn(x_t, t)
   eps, v = samplers.split_output(out.astype(jnp.float32), x0.shape[-1])
   terms = {"eps": eps_loss(eps, noise, loss), "t": t}

@@ -34,8 +34,15 @@ def split_output(out: jnp.ndarray, channels: int) -> tuple[jnp.ndarray, Optional
                    f"(expected {channels} or {2 * channels})")
 
 
-def predict_x0(x_t: jnp.ndarray, eps: jnp.ndarray, abar: jnp.ndarray) -> jnp.ndarray:
-  return (x_t - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
+def predict_x0(x_t: jnp.ndarray, eps: jnp.ndarray, i: jnp.ndarray, schedule: Schedule) -> jnp.ndarray:
+  """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) at step i, with the float64-derived coefficients."""
+  return _at(schedule.sqrt_recip_alphas_cumprod, i, x_t) * x_t - _at(schedule.sqrt_recipm1_alphas_cumprod, i, x_t) * eps
+
+
+def eps_from_x0(x_t: jnp.ndarray, x0: jnp.ndarray, i: jnp.ndarray, schedule: Schedule) -> jnp.ndarray:
+  """The eps that takes x0 to x_t at step i (the inverse of `predict_x0`)."""
+  return ((_at(schedule.sqrt_recip_alphas_cumprod, i, x_t) * x_t - x0)
+          / _at(schedule.sqrt_recipm1_alphas_cumprod, i, x_t))
 
 
 def p_mean_variance(out: jnp.ndarray, x_t: jnp.ndarray, i: jnp.ndarray, schedule: Schedule, *,
@@ -44,7 +51,7 @@ def p_mean_variance(out: jnp.ndarray, x_t: jnp.ndarray, i: jnp.ndarray, schedule
   if variance not in VARIANCES:
     raise ValueError(f"diffusion.variance: unknown {variance!r} (known: {', '.join(VARIANCES)})")
   eps, v = split_output(out.astype(jnp.float32), x_t.shape[-1])
-  x0 = predict_x0(x_t, eps, _at(schedule.alphas_cumprod, i, x_t))
+  x0 = predict_x0(x_t, eps, i, schedule)
   if clip_denoised:
     x0 = jnp.clip(x0, -1.0, 1.0)
   mean = _at(schedule.posterior_mean_coef1, i, x_t) * x0 + _at(schedule.posterior_mean_coef2, i, x_t) * x_t
@@ -93,10 +100,10 @@ def ddim_sample(eps_fn: EpsFn, key: jax.Array, shape, schedule: Schedule, *, eta
     t = jnp.broadcast_to(schedule.model_t[i], (shape[0],))
     eps, _ = split_output(eps_fn(x, t).astype(jnp.float32), x.shape[-1])
     abar, abar_prev = schedule.alphas_cumprod[i], schedule.alphas_cumprod_prev[i]
-    x0 = predict_x0(x, eps, abar)
+    x0 = predict_x0(x, eps, i, schedule)
     if clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)  # re-derived from the clipped x0, as official
+      eps = eps_from_x0(x, x0, i, schedule)  # re-derived from the clipped x0, as official
     sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar)) * jnp.sqrt(1.0 - abar / abar_prev)
     mean = jnp.sqrt(abar_prev) * x0 + jnp.sqrt(1.0 - abar_prev - sigma**2) * eps
     noise = jax.random.normal(k, x.shape, jnp.float32)

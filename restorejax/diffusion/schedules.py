@@ -35,6 +35,12 @@ class Schedule:
   posterior_log_variance_clipped: jnp.ndarray
   posterior_mean_coef1: jnp.ndarray
   posterior_mean_coef2: jnp.ndarray
+  # Square roots taken in float64 before the cast, as guided-diffusion precomputes them: near abar = 1,
+  # sqrt(1 - abar) from a float32 abar is off by up to 3e-4 relative (t = 0 of the linear schedule).
+  sqrt_alphas_cumprod: jnp.ndarray
+  sqrt_one_minus_alphas_cumprod: jnp.ndarray
+  sqrt_recip_alphas_cumprod: jnp.ndarray
+  sqrt_recipm1_alphas_cumprod: jnp.ndarray
   timesteps: jnp.ndarray  # original timestep index of each step (identity unless re-spaced)
   model_t: jnp.ndarray  # what the network receives as its time input at each step
   conditioning: str = flax.struct.field(pytree_node=False, default="timestep")
@@ -89,6 +95,10 @@ def from_betas(betas: Sequence[float], timesteps: Iterable[int] | None = None,
       posterior_log_variance_clipped=f32(post_log_var),
       posterior_mean_coef1=f32(betas * np.sqrt(abar_prev) / (1.0 - abar)),
       posterior_mean_coef2=f32((1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar)),
+      sqrt_alphas_cumprod=f32(np.sqrt(abar)),
+      sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - abar)),
+      sqrt_recip_alphas_cumprod=f32(np.sqrt(1.0 / abar)),
+      sqrt_recipm1_alphas_cumprod=f32(np.sqrt(1.0 / abar - 1.0)),
       timesteps=jnp.asarray(timesteps, jnp.int32),
       model_t=f32(model_t),
       conditioning=conditioning,

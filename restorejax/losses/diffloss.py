@@ -152,10 +152,10 @@ def diffloss(restored, batch, *, aux, prior: str = "", naturalness: float = 1.0,
   key_t, key_eps = jax.random.split(jax.random.fold_in(aux["rng"], _RNG_STREAM))
   i = jax.random.randint(key_t, (z.shape[0],), t_min, hi + 1)
   eps = jax.random.normal(key_eps, z.shape, jnp.float32)
-  abar, t = schedule.alphas_cumprod[i], schedule.model_t[i]
+  t = schedule.model_t[i]
 
-  out_x, h_x = jax.lax.stop_gradient(model.apply({"params": params}, objectives.q_sample(x, abar, eps), t))
-  out_z, h_z = model.apply({"params": params}, objectives.q_sample(z, abar, eps), t)
+  out_x, h_x = jax.lax.stop_gradient(model.apply({"params": params}, objectives.q_sample_step(x, i, eps, schedule), t))
+  out_z, h_z = model.apply({"params": params}, objectives.q_sample_step(z, i, eps, schedule), t)
   nat = jnp.mean(jnp.square(out_z[..., :3] - out_x[..., :3]))
   sem = jnp.mean(jnp.square(h_z - h_x))
   return naturalness * nat + semantic * sem, {"nat": nat, "sem": sem}

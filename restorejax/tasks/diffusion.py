@@ -144,7 +144,7 @@ class HeldOutEvaluator:
       x0 = task.prepare(batch["target"].astype(jnp.float32) / 255.0)
       i = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0, schedule.num_steps))(keys)
       noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys)
-      x_t = objectives.q_sample(x0, schedule.alphas_cumprod[i], noise)
+      x_t = objectives.q_sample_step(x0, i, noise, schedule)
       out, _ = model.apply({"params": params}, x_t, schedule.model_t[i])
       eps, _ = samplers.split_output(out, x0.shape[-1])
       return objectives.eps_loss(eps, noise, d.loss)

@@ -165,7 +165,7 @@ def test_noising_and_x0_prediction_keep_float64_precision_near_abar_one():
   a = abar[i][:, None, None, None]
   xt = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
   f32 = lambda v: jnp.asarray(v, jnp.float32)
-  np.testing.assert_allclose(objectives.q_sample_step(f32(x0), f32(i).astype(int), f32(noise), s), xt,
+  np.testing.assert_allclose(objectives.q_sample_step(f32(x0), jnp.asarray(i), f32(noise), s), xt,
                              rtol=0, atol=1e-6)
   x0_pred = np.asarray(samplers.predict_x0(f32(xt), f32(noise), jnp.asarray(i), s), np.float64)
   np.testing.assert_allclose(x0_pred[:2], x0[:2], rtol=0, atol=1e-6)  # t = 999: 1/sqrt(abar) = 158 amplifies

@@ -1,7 +1,10 @@
 """Image files in and out: every format Pillow reads, 8- and 16-bit, grey / RGB / with alpha.
 
-`read` returns the pixels as they are in the file (uint8 or uint16, 1..4 channels) and raises
-`ImageError` naming the file and the reason (empty, truncated, not an image, unsupported mode).
+`read` returns the pixels as they are in the file (uint8 or uint16, 1..4 channels), turned upright by the
+file's EXIF orientation (a phone photo reads the way a viewer shows it; PNGs written here carry no EXIF, so
+the orientation is applied once), and raises `ImageError` naming the file and the reason (empty,
+truncated, not an image, unsupported mode, animated or multi-page, more than `MAX_PIXELS` pixels: a
+decompression bomb, e.g. a few hundred bytes claiming 30000x30000).
 `to_rgb8` converts for training and says what it changed; `write_png` writes deterministic PNGs
 (same pixels -> same bytes) in 8 or 16 bits. 16-bit colour PNGs, which Pillow reduces to 8 bits, are
 decoded and encoded with TensorFlow's PNG codec (outside any training hot path).
@@ -15,8 +18,11 @@ import zlib
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Pillow's own hard limit (twice its warning threshold): larger claims are refused before decoding.
+MAX_PIXELS = 2 * PILImage.MAX_IMAGE_PIXELS
 
 
 class ImageError(ValueError):
@@ -39,11 +45,17 @@ class Image:
     return self.pixels.shape[0], self.pixels.shape[1]
 
 
-def _png_header(data: bytes) -> tuple[int, int] | None:
-  """(bit depth, colour type) of a PNG, or None for other formats."""
+def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
+  """(bit depth, colour type, width, height) of a PNG, or None for other formats."""
   if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26:
     return None
-  return data[24], data[25]
+  width, height = struct.unpack(">II", data[16:24])
+  return data[24], data[25], width, height
+
+
+def _too_many_pixels(path: str, width: int, height: int) -> ImageError:
+  return ImageError(path, f"claims {width}x{height} pixels, more than the limit of {MAX_PIXELS:,} "
+                          "(a decompression bomb or a corrupt header)")
 
 
 def _read_png16_colour(path: str, data: bytes) -> Image:
@@ -65,11 +77,24 @@ def read(path: str) -> Image:
   if not data:
     raise ImageError(path, "empty file (0 bytes)")
   header = _png_header(data)
+  if header and header[2] * header[3] > MAX_PIXELS:
+    raise _too_many_pixels(path, header[2], header[3])
   if header and header[0] == 16 and header[1] in (2, 4, 6):  # 16-bit RGB / grey+alpha / RGBA
     return _read_png16_colour(path, data)
   try:
     im = PILImage.open(io.BytesIO(data))
+    if im.size[0] * im.size[1] > MAX_PIXELS:
+      raise _too_many_pixels(path, *im.size)
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1 and im.format != "MPO":  # MPO: a phone JPEG whose first picture is the photo
+      raise ImageError(path, f"animated or multi-page image ({frames} frames): only still images are "
+                             "supported (extract the frame you want first)")
     im.load()
+    im = ImageOps.exif_transpose(im)
+  except ImageError:
+    raise
+  except PILImage.DecompressionBombError as e:
+    raise ImageError(path, f"refused as a decompression bomb ({e})") from None
   except PILImage.UnidentifiedImageError:
     raise ImageError(path, "not an image file Pillow can read") from None
   except (OSError, SyntaxError, ValueError, zlib.error, struct.error) as e:

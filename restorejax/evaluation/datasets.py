@@ -85,6 +85,8 @@ def header_size(path: str) -> tuple[int, int]:
   try:
     with PILImage.open(path) as im:
       w, h = im.size
+      if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn the picture by 90
+        w, h = h, w                                 # degrees: `images.read` returns it upright
   except PILImage.UnidentifiedImageError:
     raise images.ImageError(path, "not an image file Pillow can read") from None
   except OSError as e:

@@ -145,6 +145,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   _define_flags()
+  cli.show_in_help(("workdir", "dataset", "crop_border", "test_y_channel", "save_outputs", "batch_size",
+                    "canvas", "name", "compilation_cache", "coordinator_address", "num_processes",
+                    "process_id"))
   app.run(main, flags_parser=cli.parse_command_flags)
 
 

@@ -80,6 +80,13 @@ def parse_command_flags(argv: list[str]) -> list[str]:
     fail(str(e))
 
 
+def show_in_help(names) -> None:
+  """Lists these flags under a command's --help: absl shows the key flags of the module named by
+  sys.argv[0] (the console script, or the module run with `python -m`), not of the module defining them."""
+  for name in names:
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+
+
 def _auto_distributed() -> bool:
   env = os.environ
   return (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1

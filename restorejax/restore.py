@@ -16,9 +16,20 @@ the image as stored, the float32 result and one weight plane. NAFNet's channel a
 whole input, so a tile sees its own statistics: larger tiles are closer to the untiled result (see the
 README for measured gaps).
 
-A file that cannot be read is reported (`restorejax-restore: error: <file>: <reason>`) and skipped, the
-others are still restored, and the exit status is 1. A user mistake (no run directory, no --out, no
-inputs) ends with one line and exit status 2.
+Tiles are as large as `--tile` allows; an image smaller than a tile runs as one tile whose sides are
+rounded up to a short ladder of canvas sides (powers of two and 1.5 times them, multiples of the
+network's stride; `canvas_side`), so a folder of photos of many sizes compiles a few times, not once per
+size. The padding is reflected, as between tiles; a network with global statistics sees it.
+
+Outputs never overwrite inputs: an --out that is an input folder, or an output that would land on an
+input or prior file, stops the command before anything is written. Each output is written to a
+temporary file in --out and renamed over `<stem>.png`, so a symbolic link already there is replaced,
+never written through, and an interrupted command leaves no half-written PNG.
+
+A file that cannot be read (missing, truncated, not an image, animated, a decompression bomb) is
+reported (`restorejax-restore: error: <file>: <reason>`) and skipped, the others are still restored, and
+the exit status is 1. A user mistake (no run directory, no --out, no inputs, --out overlapping the
+inputs, --prior for a network without prior fusion) ends with one line and exit status 2.
 """
 
 import os
@@ -64,6 +75,15 @@ def _round_up(value: int, multiple: int) -> int:
   return -(-value // multiple) * multiple
 
 
+def canvas_side(length: int, multiple: int) -> int:
+  """The smallest of 16, 24, 32, 48, 64, 96, ... (2**k and 3 * 2**(k-1)) that holds `length`, rounded up
+  to `multiple`: the few canvas sides a one-tile image is padded to."""
+  side = 16
+  while side < length:
+    side = side * 3 // 2 if side & (side - 1) == 0 else side * 4 // 3
+  return _round_up(side, multiple)
+
+
 class Restore:
   """Restores one decoded image (`images.Image`) with a run's network, tile by tile."""
 
@@ -79,6 +99,8 @@ class Restore:
       raise ValueError(f"--overlap={overlap} must be smaller than --tile={tile}")
     run = restorer.load(workdir)
     self.multiple, self.scale = run.multiple, run.scale
+    self.takes_prior = run.config.model.get("fusion", "none") not in ("none", None)
+    self.shapes: set[tuple[int, ...]] = set()  # tile batch shapes run so far: one compile each
     self.tile, self.overlap, self.tile_batch = tile, overlap, tile_batch
     params = jax.device_put(jax.tree_util.tree_map(np.asarray, run.params), jax.local_devices()[0])
 
@@ -89,11 +111,15 @@ class Restore:
       return run.apply(params, x[..., :3], prior)
 
     jitted = jax.jit(apply)
-    self._apply = lambda tiles, scale: jitted(jnp.asarray(tiles), jnp.float32(scale))
+
+    def run_tiles(tiles, scale):
+      self.shapes.add(tuple(tiles.shape))
+      return jitted(jnp.asarray(tiles), jnp.float32(scale))
+    self._apply = run_tiles
 
   def tiles_for(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(tile, overlap) pairs for an image: a tile never exceeds the image rounded up to the stride."""
-    th, tw = min(self.tile, _round_up(h, self.multiple)), min(self.tile, _round_up(w, self.multiple))
+    """(tile, overlap) pairs for an image: `--tile`, or for a smaller image its `canvas_side`s."""
+    th, tw = (min(self.tile, canvas_side(n, self.multiple)) for n in (h, w))
     return (th, tw), (min(self.overlap, th - 1), min(self.overlap, tw - 1))
 
   def __call__(self, image, prior: Optional[np.ndarray] = None) -> np.ndarray:
@@ -138,6 +164,43 @@ def _prior_for(path: str, prior: Optional[str], single: bool) -> Optional[str]:
   raise images.ImageError(path, f"no prior named {stem}.* in {prior}")
 
 
+def _check_outputs(files: list[str], out_dir: str, prior: Optional[str], inputs: list[str]) -> None:
+  """ValueError when --out is an input folder or an output would land on an input or prior file."""
+  real = os.path.realpath
+  out_real = real(out_dir)
+  for p in inputs + ([prior] if prior and os.path.isdir(prior) else []):
+    if os.path.isdir(p) and real(p) == out_real:
+      raise ValueError(f"--out={out_dir} is the input folder {p}: restored images would replace or mix "
+                       "with the originals; choose another folder")
+  protected = {real(f): f for f in files}
+  if prior and os.path.isdir(prior):
+    protected.update({real(os.path.join(prior, f)): os.path.join(prior, f) for f in os.listdir(prior)})
+  elif prior:
+    protected[real(prior)] = prior
+  for f in files:
+    target = _target(out_dir, f)
+    if real(target) in protected:
+      raise ValueError(f"--out={out_dir}: the output {target} would overwrite the input "
+                       f"{protected[real(target)]}; choose another folder")
+
+
+def _target(out_dir: str, path: str) -> str:
+  return os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+
+
+def _write(target: str, pixels: np.ndarray) -> None:
+  """`images.write_png` to a temporary file renamed over `target` (a link there is replaced, not followed)."""
+  from restorejax.data import images  # pylint: disable=g-import-not-at-top
+  tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
+  try:
+    images.write_png(tmp, pixels)
+    os.replace(tmp, target)
+  except OSError as e:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    raise images.ImageError(target, f"cannot be written ({e.strerror or e})") from None
+
+
 def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optional[str] = None,
                   tile: int = 512, overlap: int = 64, tile_batch: int = 1) -> list[tuple[str, str]]:
   """Restores `inputs` (files or folders) into `out_dir`; returns the (file, reason) of each failure.
@@ -155,12 +218,16 @@ def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optio
   if prior and not os.path.isdir(prior) and len(files) > 1:
     raise ValueError(f"--prior={prior}: one prior file serves one input; give a folder of priors paired "
                      "by stem for several")
+  _check_outputs(files, out_dir, prior, inputs)
   restore = Restore(workdir, tile=tile, overlap=overlap, tile_batch=tile_batch)
+  if prior and not restore.takes_prior:
+    raise ValueError(f"--prior={prior}: the network of {workdir} takes no prior (config.model.fusion is "
+                     "'none'); leave out --prior, or train with a fusion")
   os.makedirs(out_dir, exist_ok=True)
   failures, written = [], {}
   for path in files:
     start = time.time()
-    target = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+    target = _target(out_dir, path)
     try:
       if target in written:
         raise images.ImageError(path, f"its output {target} is already taken by {written[target]}")
@@ -168,7 +235,7 @@ def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optio
       p = _prior_for(path, prior, len(files) == 1)
       prior_px = datasets.resize_rgb8(datasets.read_rgb8(p), image.size) if p else None
       restored = restore(image, prior_px)
-      images.write_png(target, restored)
+      _write(target, restored)
     except images.ImageError as e:
       failures.append((path, e.reason))
       print(f"restorejax-restore: error: {e}", file=sys.stderr, flush=True)
@@ -207,6 +274,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
   """Console entry point `restorejax-restore`."""
   _define_flags()
+  cli.show_in_help(("workdir", "out", "prior", "tile", "overlap", "tile_batch", "compilation_cache"))
   app.run(main, flags_parser=cli.parse_command_flags)
 
 

@@ -135,3 +135,90 @@ def test_cli_reports_bad_files_restores_the_rest_and_fails(run, degraded_pair, t
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == f"restorejax: error: {tmp_path / 'nope'}: no config.json " \
                                                  "(is it a restorejax run directory?)"
+
+
+def _restore_cli(argv):
+  """`restorejax-restore ARGV` in this process: (exit status, stderr lines)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from restorejax import main as cli  # pylint: disable=g-import-not-at-top
+  if "out" not in flags.FLAGS:
+    restore._define_flags()  # pylint: disable=protected-access
+  flags.FLAGS.unparse_flags()
+  import contextlib, io  # pylint: disable=g-import-not-at-top,multiple-imports
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    try:
+      restore.main(cli.parse_command_flags(["restorejax-restore", *argv]))
+      status = 0
+    except SystemExit as e:
+      status = e.code
+  return status, [l for l in err.getvalue().splitlines() if l.startswith("restorejax")]
+
+
+def test_outputs_never_overwrite_inputs_nor_follow_links(run, degraded_pair, tmp_path):
+  workdir, _, _ = run
+  deg, _ = degraded_pair
+  images.write_png(str(tmp_path / "in" / "a.png"), deg[:32, :32])
+  original = (tmp_path / "in" / "a.png").read_bytes()
+  status, errors = _restore_cli([f"--workdir={workdir}", f"--out={tmp_path / 'in'}", str(tmp_path / "in")])
+  assert status == 2 and errors == [f"restorejax: error: --out={tmp_path / 'in'} is the input folder "
+                                    f"{tmp_path / 'in'}: restored images would replace or mix with the "
+                                    "originals; choose another folder"]
+  with pytest.raises(ValueError, match=f"the output {tmp_path / 'in' / 'a.png'} would overwrite the input"):
+    restore.restore_files(workdir, [str(tmp_path / "in" / "a.png")], str(tmp_path / "in" / "."))
+  assert (tmp_path / "in" / "a.png").read_bytes() == original and os.listdir(tmp_path / "in") == ["a.png"]
+  # A link already in --out is replaced by the output, its target left alone.
+  (tmp_path / "out").mkdir()
+  (tmp_path / "victim.txt").write_text("keep me")
+  os.symlink(tmp_path / "victim.txt", tmp_path / "out" / "a.png")
+  assert restore.restore_files(workdir, [str(tmp_path / "in")], str(tmp_path / "out"), tile=32,
+                               overlap=8) == []
+  assert (tmp_path / "victim.txt").read_text() == "keep me"
+  assert not os.path.islink(tmp_path / "out" / "a.png") and os.listdir(tmp_path / "out") == ["a.png"]
+  assert images.read(str(tmp_path / "out" / "a.png")).pixels.shape == (32, 32, 3)
+
+
+def test_a_decompression_bomb_is_one_failed_file(run, degraded_pair, tmp_path):
+  from test_images import bomb_png  # pylint: disable=g-import-not-at-top
+  workdir, _, _ = run
+  deg, _ = degraded_pair
+  images.write_png(str(tmp_path / "in" / "good.png"), deg[:32, :32])
+  (tmp_path / "in" / "bomb.png").write_bytes(bomb_png())
+  status, errors = _restore_cli([f"--workdir={workdir}", f"--out={tmp_path / 'out'}", "--tile=32", "--overlap=8",
+                                 str(tmp_path / "in")])
+  assert status == 1
+  assert errors[0].startswith(f"restorejax-restore: error: {tmp_path / 'in' / 'bomb.png'}: claims "
+                              "30000x30000 pixels")
+  assert errors[1:] == ["restorejax-restore: 1 of 2 file(s) failed"]
+  assert os.listdir(tmp_path / "out") == ["good.png"]
+
+
+def test_a_prior_for_a_network_without_fusion_is_refused(run, degraded_pair, tmp_path):
+  workdir, _, _ = run
+  images.write_png(str(tmp_path / "a.png"), degraded_pair[0][:32, :32])
+  status, errors = _restore_cli([f"--workdir={workdir}", f"--out={tmp_path / 'out'}",
+                                 f"--prior={tmp_path / 'a.png'}", str(tmp_path / "a.png")])
+  assert status == 2 and errors == [f"restorejax: error: --prior={tmp_path / 'a.png'}: the network of "
+                                    f"{workdir} takes no prior (config.model.fusion is 'none'); leave out "
+                                    "--prior, or train with a fusion"]
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_images_of_many_sizes_share_a_few_canvases(run, degraded_pair):
+  workdir, _, _ = run
+  deg, _ = degraded_pair
+  r = restore.Restore(workdir, tile=64, overlap=8)
+  sizes = [(33, 47), (40, 41), (37, 36), (50, 60), (57, 63), (61, 49)]
+  for h, w in sizes:
+    assert r(images.Image(deg[:h, :w], 8, "RGB")).shape == (h, w, 3)
+  assert sorted(r.shapes) == [(1, 48, 48, 3), (1, 64, 64, 3)]  # 2 compiles for 6 sizes
+  assert [restore.canvas_side(n, 1) for n in (1, 17, 33, 49, 65, 97, 129, 200)] == \
+      [16, 24, 48, 64, 96, 128, 192, 256]
+
+
+def test_help_lists_the_command_flags():
+  for entry in ("restorejax.restore", "restorejax.evaluate"):
+    code = f"import sys; sys.argv = ['cmd', '--help']; from {entry} import run; run()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "--workdir:" in proc.stdout, (entry, proc.stdout)
+    assert ("--tile:" if entry.endswith("restore") else "--canvas:") in proc.stdout

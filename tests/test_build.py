@@ -208,3 +208,46 @@ def test_tiles_cover_the_image_with_a_last_one_flush_with_the_edge(tmp_path):
   info = records.read_info(f"{tmp_path}/out")
   assert info["count"] == 12 and info["tile"] == {"size": 16, "step": 12}
   assert info["sizes"] == {"min": [16, 16], "max": [16, 16]}
+
+
+def test_a_failed_rebuild_keeps_the_previous_dataset_and_a_bomb_is_one_skipped_file(tmp_path, monkeypatch):
+  from test_images import bomb_png  # pylint: disable=g-import-not-at-top
+  for i in range(3):
+    _save(f"{tmp_path}/t/im{i}.png", _rgb(i))
+  out = f"{tmp_path}/out"
+  build.main(["--target", f"{tmp_path}/t", "--out", out, "--records-per-shard", "2"])
+  before = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))}
+  assert len(before) == 4  # 2 shards, dataset_info.json, report.json
+  # A crash in the middle of the rebuild (the second example) leaves the old dataset as it was.
+  real_load, calls = build.load, []
+
+  def crashing_load(*args, **kwargs):
+    calls.append(args[0])
+    if len(calls) == 2:
+      raise RuntimeError("killed")
+    return real_load(*args, **kwargs)
+  monkeypatch.setattr(build, "load", crashing_load)
+  with pytest.raises(RuntimeError, match="killed"):
+    build.main(["--target", f"{tmp_path}/t", "--out", out, "--records-per-shard", "1"])
+  monkeypatch.undo()
+  assert {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))} == before
+  assert sorted(os.listdir(tmp_path)) == ["out", "t"]  # no staging folder left behind
+  # A decompression bomb among the inputs is a skipped file; the rebuild replaces the dataset whole.
+  open(f"{tmp_path}/t/bomb.png", "wb").write(bomb_png())
+  report = build.main(["--target", f"{tmp_path}/t", "--out", out, "--records-per-shard", "1"])
+  assert report["written"] == 3 and [s["file"] for s in report["skipped"]] == [f"{tmp_path}/t/bomb.png"]
+  assert "30000x30000 pixels, more than the limit" in report["skipped"][0]["reason"]
+  assert len(records.read_info(out)["shards"]) == 3 and len(os.listdir(out)) == 5
+  assert sorted(os.listdir(tmp_path)) == ["out", "t"]
+
+
+def test_an_out_folder_holding_other_files_is_refused(tmp_path, capsys):
+  _save(f"{tmp_path}/data/t/a.png", _rgb(0))
+  open(f"{tmp_path}/data/notes.txt", "w").write("mine")
+  with pytest.raises(SystemExit) as e:
+    build.main(["--target", f"{tmp_path}/data/t", "--out", f"{tmp_path}/data"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip() == (
+      f"restorejax.data.build: error: --out={tmp_path}/data: holds files that are not part of a dataset "
+      "(notes.txt, t); a build replaces its folder, so give a new or empty folder, or an earlier dataset")
+  assert sorted(os.listdir(f"{tmp_path}/data")) == ["notes.txt", "t"]

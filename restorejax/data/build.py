@@ -32,8 +32,14 @@ size mismatch, or an unusable partner. Examples are written in sorted name order
 PNG and msgpack encoding and no timestamps, so a rerun on the same folders gives byte-identical shards
 (with any number of `--workers`).
 
-Bad arguments (a folder missing or empty, an unwritable `--out`) end with one line
-`restorejax.data.build: error: ...` and exit status 2.
+A rebuild never loses the previous dataset: the new one is written into a hidden sibling of `--out`
+(`.<name>.building-<pid>`) and swapped in only once its shards, `dataset_info.json` and `report.json`
+are all written; a build that fails or is killed leaves `--out` as it was. `--out` must therefore be a
+new or empty folder or a dataset (only shards, `dataset_info.json`, `report.json`): a folder holding
+anything else (an input folder among them) is refused rather than replaced.
+
+Bad arguments (a folder missing or empty, an unwritable `--out`, an `--out` holding other files) end with
+one line `restorejax.data.build: error: ...` and exit status 2.
 """
 
 import argparse
@@ -43,6 +49,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 from typing import Any, Iterator, Optional, Sequence
 
@@ -257,10 +264,58 @@ def load_all(pairing: Pairing, *, workers: int = 1, **kwargs) -> Iterator[tuple[
 # The whole build.
 # ----------------------------------------------------------------------------------------------------
 
+def foreign_files(out: str) -> list[str]:
+  """The entries of an existing `out` that are not part of a dataset (what a rebuild must not delete)."""
+  if not os.path.isdir(out):
+    return [] if not os.path.lexists(out) else [out]
+  ours = re.compile(rf"({re.escape(records.SHARD_PREFIX)}-.*\.array_record|\..*\.tmp|"
+                    rf"{re.escape(records.INFO_FILE)}|{re.escape(REPORT_FILE)})")
+  return sorted(e for e in os.listdir(out)
+                if not (ours.fullmatch(e) and os.path.isfile(os.path.join(out, e))))
+
+
+def _swap_in(new: str, out: str) -> None:
+  """Moves the finished dataset `new` to `out`, replacing an earlier dataset there (two renames)."""
+  if os.path.isdir(out) and os.listdir(out):
+    old = new.replace(".building-", ".replaced-")
+    os.rename(out, old)
+    os.rename(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    if os.path.isdir(out):
+      os.rmdir(out)
+    os.rename(new, out)
+
+
 def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = None, min_size: int = 0,
           task: Optional[str] = None, records_per_shard: int = 256, workers: int = 1, tile: int = 0,
           tile_step: int = 0) -> dict:
-  """Builds the dataset in `out` and writes `out/report.json`; returns the report (plus `info`)."""
+  """Builds the dataset in `out` and writes `out/report.json`; returns the report (plus `info`).
+
+  The dataset is written next to `out` and swapped in when complete (module doc); ValueError when `out`
+  holds files that are not part of a dataset.
+  """
+  out = os.path.abspath(out)
+  foreign = foreign_files(out)
+  if foreign:
+    shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+    raise ValueError(f"holds files that are not part of a dataset ({shown}); a build replaces its folder, "
+                     "so give a new or empty folder, or an earlier dataset")
+  staging = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.building-{os.getpid()}")
+  if os.path.lexists(staging):
+    shutil.rmtree(staging)
+  try:
+    report = _build_into(staging, dirs, keys=keys, min_size=min_size, task=task,
+                         records_per_shard=records_per_shard, workers=workers, tile=tile, tile_step=tile_step)
+    _swap_in(staging, out)
+  finally:
+    if os.path.lexists(staging):
+      shutil.rmtree(staging, ignore_errors=True)
+  return report
+
+
+def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]], min_size: int,
+                task: Optional[str], records_per_shard: int, workers: int, tile: int, tile_step: int) -> dict:
   pairing = pair(dirs, keys)
   skipped = dict(pairing.skipped)
   converted: dict[str, list[str]] = {}
@@ -355,9 +410,9 @@ def _check_args(args) -> dict[str, str]:
   for d in dirs.values():
     if os.path.abspath(d) == out:
       fail(f"--out={args.out}: is an input folder")
-  try:
-    os.makedirs(out, exist_ok=True)
-    probe = os.path.join(out, ".write_test")
+  try:  # the dataset is written next to --out, then renamed: the parent folder must be writable
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    probe = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.write_test-{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -391,9 +446,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   unknown = [s for s in keys if s not in dirs]
   if unknown:
     fail(f"--{unknown[0]}-key given without --{unknown[0]}")
-  report = build(dirs, args.out, keys=keys, min_size=args.min_size, task=args.task,
-                 records_per_shard=args.records_per_shard, workers=args.workers, tile=args.tile,
-                 tile_step=args.tile_step)
+  try:
+    report = build(dirs, args.out, keys=keys, min_size=args.min_size, task=args.task,
+                   records_per_shard=args.records_per_shard, workers=args.workers, tile=args.tile,
+                   tile_step=args.tile_step)
+  except ValueError as e:  # --out holding other files; nothing was changed
+    fail(f"--out={args.out}: {e}")
   print(summary_text(report, args.out))
   return report
 

@@ -8,6 +8,8 @@ distinct gains) and compare with a numpy computation of it.
 
 import functools
 import json
+import os
+import re
 import struct
 
 import jax
@@ -503,3 +505,43 @@ def test_cli_exports_a_converted_checkpoint(tmp_path):
   written = json.loads((out / "config.json").read_text())
   assert written["model"]["name"] == "rrdbnet" and written["model"]["num_feat"] == 4
   assert cfg.num_feat == 64  # the preset itself is untouched
+
+
+def _convert_cli(capsys, *argv):
+  """`python -m restorejax.convert ARGV` in this process: (exit status, stderr lines)."""
+  from restorejax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    cli.main(list(argv))
+  return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_mistakes_are_one_line_each(tmp_path, capsys):
+  sd = {k: np.zeros(s, np.float32) for k, s in rrdbnet_keys(tiny_cfg("rrdbnet")).items()}
+  sd.update({f"junk.{i}.weight": np.zeros(1, np.float32) for i in range(40)})
+  np.savez(tmp_path / "w.npz", **sd)
+  base = ["--arch", "rrdbnet", "--src", str(tmp_path / "w.npz"), "--out", str(tmp_path / "out")]
+  status, err = _convert_cli(capsys, *base, "--preset", "nope")
+  assert status == 2 and len(err) == 1
+  assert err[0].startswith("python -m restorejax.convert: error: preset 'nope' unknown for rrdbnet (known: ")
+  # The full preset expects thousands of keys the tiny checkpoint lacks: the line names the first ten.
+  status, err = _convert_cli(capsys, *base, "--preset", "esrgan-x4")
+  assert status == 2 and len(err) == 1 and len(err[0]) < 2000, err
+  assert "40 unused key(s): junk.0.weight, junk.1.weight, " in err[0] and "(+30 more)" in err[0]
+  assert re.search(r"\d+ missing key\(s\): (\S+, ){9}\S+ \(\+\d+ more\)", err[0]), err[0]
+  status, err = _convert_cli(capsys, "--arch", "rrdbnet", "--preset", "esrgan-x4", "--src",
+                             str(tmp_path / "nope.pth"), "--out", str(tmp_path / "out"))
+  assert (status, err) == (2, [f"python -m restorejax.convert: error: --src={tmp_path / 'nope.pth'}: no such "
+                               "file"])
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_refuses_a_pickle_in_one_line(tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  import argparse  # pylint: disable=g-import-not-at-top
+  torch.save({"args": argparse.Namespace(lr=1), "params": {"w": torch.zeros(2)}}, tmp_path / "w.pth")
+  status, err = _convert_cli(capsys, "--arch", "rrdbnet", "--preset", "esrgan-x4", "--src",
+                             str(tmp_path / "w.pth"), "--out", str(tmp_path / "out"))
+  assert status == 2 and len(err) == 1 and "weights_only" not in err[0]
+  assert err[0].startswith(f"python -m restorejax.convert: error: {tmp_path / 'w.pth'}: refused: it holds "
+                           "Python objects besides tensors (argparse.Namespace)")
+  assert not os.path.exists(tmp_path / "out")

@@ -9,6 +9,10 @@ until fine-tuned), converts, and writes the directory with
 `restorejax.checkpoint.export_params`, so that `config.init_from=DIR` and the restore command take it as it
 is. The run config around the model is `configs/default.py`'s `get_config()` when the source tree is at hand.
 
+A mistake (unknown preset, missing file, a checkpoint that does not match the preset: the first keys
+missing or unused and their counts, a pickled file refused) ends with one line
+`python -m restorejax.convert: error: ...` and exit status 2.
+
 `--arch adm` (guided-diffusion UNets, presets of `restorejax.models.adm_unet.ADM_PRESETS`) writes a
 diffusion-prior directory instead (task 'diffusion', see `restorejax.convert.adm.export_prior`), which
 DiffLoss's `config.losses.diffloss.prior` takes.
@@ -52,10 +56,28 @@ def run_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
+PROG = "python -m restorejax.convert"
+
+
+def fail(message: str) -> None:
+  print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m restorejax.convert", description=__doc__.split("\n")[0])
+  """Converts and exports (module doc); a mistake is one line on stderr and exit status 2."""
+  try:
+    return _convert(argv)
+  except (ValueError, KeyError, ImportError, OSError) as e:  # user mistakes, not bugs
+    fail(" ".join(str(e).split()) or type(e).__name__)
+
+
+def _convert(argv: Optional[Sequence[str]]) -> int:
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--arch", required=True, choices=sorted(convert.CONVERTERS) + ["adm"])
-  parser.add_argument("--preset", required=True, help="official configuration (see --list)")
+  parser.add_argument("--preset", required=True,
+                      help="official configuration of --arch (an unknown one is refused with the list of "
+                           "known presets)")
   parser.add_argument("--src", required=True, help=".pth/.pt/.safetensors/.npz (or DehazeNet's .mat)")
   parser.add_argument("--out", required=True, help="directory to write")
   parser.add_argument("--key", default=None,
@@ -64,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a config.model field (repeatable)")
   args = parser.parse_args(argv)
+  if not os.path.isfile(args.src):
+    raise ValueError(f"--src={args.src}: no such file")
 
   if args.arch == "adm":
     from restorejax.models import adm_unet  # pylint: disable=g-import-not-at-top

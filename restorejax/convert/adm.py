@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from restorejax.convert import layout
 from restorejax.models import adm_unet
 
 # Our top-level module names -> official names; block names are `<list>_<i>[_<j>]` -> `<list>.<i>[.<j>]`.
@@ -93,9 +94,9 @@ def convert(state_dict: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
   if missing or leftover:
     problems = []
     if missing:
-      problems.append(f"missing key(s) {', '.join(missing)}")
+      problems.append(f"{len(missing)} missing key(s) {layout.first_keys(missing)}")
     if leftover:
-      problems.append(f"unused key(s) {', '.join(leftover)}")
+      problems.append(f"{len(leftover)} unused key(s) {layout.first_keys(leftover)}")
     raise ValueError(f"adm convert: state dict does not match the model config: {'; '.join(problems)}")
   params = {path: _to_ours(keys[path], state_dict[keys[path]], path[-1], s.shape)
             for path, s in shapes.items()}

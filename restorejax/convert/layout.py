@@ -81,11 +81,17 @@ class Reader:
     leftover = sorted(set(self.state) - self.used)
     problems = []
     if self.missing:
-      problems.append(f"missing key(s): {', '.join(self.missing)}")
+      problems.append(f"{len(self.missing)} missing key(s): {first_keys(self.missing)}")
     if leftover:
-      problems.append(f"unused key(s): {', '.join(leftover)}")
+      problems.append(f"{len(leftover)} unused key(s): {first_keys(leftover)}")
     if problems:
       raise ValueError(f"{arch} state dict does not match the model config: " + "; ".join(problems))
+
+
+def first_keys(keys: list[str], shown: int = 10) -> str:
+  """The first `shown` keys, then how many more: a mismatch of a large network stays one readable line."""
+  more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+  return ", ".join(keys[:shown]) + more
 
 
 def blocks(name: str, trees: Iterable[Any]) -> dict:

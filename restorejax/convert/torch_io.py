@@ -7,6 +7,8 @@ only here); `.safetensors` is parsed directly (a JSON header and raw little-endi
 
 import json
 import os
+import pickle
+import re
 import struct
 from typing import Any, Mapping, Optional
 
@@ -52,7 +54,13 @@ def _read_torch(path: str) -> Any:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError(f"reading {path} needs PyTorch: pip install 'restorejax[convert]'") from None
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False: never here
+    found = re.search(r"GLOBAL (\S+)", str(e))
+    raise ValueError(f"{path}: refused: it holds Python objects besides tensors"
+                     f"{f' ({found.group(1)})' if found else ''}, and restorejax loads no pickles; save the "
+                     "state dict alone (torch.save(model.state_dict(), ...)) or as .safetensors") from None
 
   def to_numpy(x):
     if isinstance(x, torch.Tensor):

@@ -10,7 +10,9 @@ exported `params/`), evaluates every image whole (`evaluation.evaluator`) and wr
 - DIR/eval/<name>.md: the same as Markdown tables; DIR/eval/<name>_grid.png: degraded | restored |
   target of the first images; with --save_outputs, DIR/eval/<name>/<image>.png (written by the process
   that restored each image).
-<name> is 'default' or the folders' common parent, plus `_y` / `_crop<N>` for non-default conventions.
+<name> is 'default' or the folders' common parent, plus `_y` / `_crop<N>` for non-default conventions;
+when DIR/eval/<name>.json already holds the report of other folders (two test sets under parents of one
+name), `-<hash of the folders>` is added, so neither report replaces the other.
 
 The mesh is the run's when it fits the devices present, else data-parallel over all of them. Several
 processes are joined like training runs (`--coordinator_address --num_processes --process_id`, or
@@ -19,6 +21,7 @@ A user mistake (no config.json, unknown dataset kind, missing folders, unpaired 
 ends with one line `restorejax: error: ...` and exit status 2.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -51,6 +54,29 @@ def output_name(dataset: str, crop_border: int, test_y_channel: bool) -> str:
   if crop_border:
     name += f"_crop{crop_border}"
   return name
+
+
+def folders_of(dataset: str) -> list[str]:
+  """The absolute folders a dataset spec names ([] for 'default')."""
+  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
+  return [os.path.abspath(a) for a in datasets.parse(dataset)[1]]
+
+
+def unclaimed_name(out_dir: str, name: str, dataset: str) -> str:
+  """`name`, or `name-<hash>` when out_dir/<name>.json is the report of other folders."""
+  try:
+    with open(os.path.join(out_dir, f"{name}.json"), encoding="utf-8") as f:
+      earlier = json.load(f)
+  except (OSError, ValueError):
+    return name
+  folders = folders_of(dataset)
+  try:  # reports written before "folders" existed: from their spec
+    claimed = earlier["folders"] if "folders" in earlier else folders_of(earlier["dataset"])
+  except (KeyError, TypeError, ValueError):
+    claimed = None
+  if claimed == folders:
+    return name
+  return f"{name}-{hashlib.sha1(chr(0).join(folders).encode()).hexdigest()[:8]}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -87,8 +113,8 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0
       raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
   else:
     batch_size = -(-run.config.eval.batch_size // shards) * shards
-  name = name or output_name(dataset, crop_border, test_y_channel)
   out_dir = os.path.join(workdir, "eval")
+  name = name or unclaimed_name(out_dir, output_name(dataset, crop_border, test_y_channel), dataset)
   examples = datasets.build(dataset, run.config)
   ev = evaluator.Evaluator(
       run.apply, m, batch_sh, examples, batch_size=batch_size, multiple=run.multiple,
@@ -98,7 +124,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0
   result = ev(restorer.place_params(run.params, run.config, m))
   logging.info("Process %d loaded %d of the %d images.", jax.process_index(), ev.decoded, len(examples))
   report = {
-      "workdir": os.path.abspath(workdir), "dataset": dataset, "name": name,
+      "workdir": os.path.abspath(workdir), "dataset": dataset, "folders": folders_of(dataset), "name": name,
       "num_images": len(result.per_image),
       **evaluator.conventions(crop_border, test_y_channel),
       "canvas": canvas, "canvases": [list(c) for c in ev.canvases], "batch_size": batch_size,

@@ -283,3 +283,33 @@ def test_missing_run_directory_is_named(tmp_path):
   from restorejax import evaluate  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="no config.json"):
     evaluate.evaluate_run(str(tmp_path))
+
+
+def test_records_run_scores_whole_named_images_and_reports_of_namesake_folders_coexist(net, tmp_path):
+  from restorejax import evaluate  # pylint: disable=g-import-not-at-top
+  from restorejax.data import build  # pylint: disable=g-import-not-at-top
+  config, _, params, _ = net
+  rng = np.random.default_rng(7)
+  for name, (h, w) in {"alpha": (40, 52), "beta": (38, 50)}.items():  # one canvas (stride 4), two sizes
+    target = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for top in ("a", "b"):
+      images.write_png(str(tmp_path / top / "test" / "deg" / f"{name}.png"), 255 - target)
+      images.write_png(str(tmp_path / top / "test" / "gt" / f"{name}.png"), target)
+  build.build({"degraded": str(tmp_path / "a/test/deg"), "target": str(tmp_path / "a/test/gt")},
+              str(tmp_path / "ds"))
+  run = str(tmp_path / "run")
+  checkpoint.export_params(run, tiny_config(**{"data.source": "records", "data.eval_crop": 16,
+                                               "data.records.path": str(tmp_path / "ds"),
+                                               "data.records.eval_path": str(tmp_path / "ds")}), params)
+  default = evaluate.evaluate_run(run)
+  assert [(r["name"], r["height"], r["width"]) for r in default["per_image"]] == [("alpha", 40, 52),
+                                                                                  ("beta", 38, 50)]
+  # Two test sets whose folders share the parent name 'test': two reports, the same scores.
+  specs = [f"folder:{tmp_path}/{top}/test/deg,{tmp_path}/{top}/test/gt" for top in ("a", "b")]
+  a, b = (evaluate.evaluate_run(run, spec) for spec in specs)
+  assert a["name"] == "test" and b["name"].startswith("test-") and len(b["name"]) == len("test-") + 8
+  assert evaluate.evaluate_run(run, specs[0])["name"] == "test"  # the same folders again: the same report
+  assert sorted(f for f in os.listdir(os.path.join(run, "eval")) if f.endswith(".json")) == \
+      sorted(["default.json", "test.json", f"{b['name']}.json"])
+  for r in (a, b):
+    assert [x["psnr"] for x in r["per_image"]] == pytest.approx([x["psnr"] for x in default["per_image"]])

@@ -1,9 +1,13 @@
 """Evaluation sets as lists of examples for `evaluation.evaluator.Evaluator`, named by a short spec.
 
 Specs (the `--dataset` flag of `restorejax.evaluate`):
-- `default`: the run's own held-out procedural set, degraded on the device exactly as the trainer
-  degrades it (`train.prepare_batch` with `train.data_key(config, 'eval')`, keyed by example index), so
-  the scores are comparable with the run's `eval/*` numbers.
+- `default`: the run's own held-out set. For a records run whose set holds degraded images
+  (`config.data.records.eval_path`): every image whole (not `config.data.eval_crop` crops, which only
+  the trainer's stacked evaluation needs), named by its record (the degraded file's stem), with its prior
+  when the run uses priors, at most `config.data.eval_max_images`. Otherwise (procedural or
+  target-only sets): the trainer's held-out examples, degraded on the device exactly as the trainer
+  degrades them (`train.prepare_batch` with `train.data_key(config, 'eval')`, keyed by example index),
+  so the scores are comparable with the run's `eval/*` numbers.
 - `folder:DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR]`: paired image files, matched by file stem (`0001.png`
   with `0001.jpg`); every file with an image extension (`images.EXTENSIONS`) in each folder (not its
   sub-folders) must have its partners, else the error lists the unpaired ones. Images are read with
@@ -12,6 +16,7 @@ Specs (the `--dataset` flag of `restorejax.evaluate`):
 """
 
 import functools
+import io
 import os
 import re
 from typing import Optional
@@ -20,7 +25,7 @@ import ml_collections
 import numpy as np
 from PIL import Image as PILImage
 
-from restorejax.data import images
+from restorejax.data import images, pipeline, records
 from restorejax.evaluation.evaluator import LazyExample
 
 KINDS = ("default", "folder")
@@ -58,6 +63,31 @@ def procedural(config: ml_collections.ConfigDict) -> list[dict]:
       if k in made or k in examples:
         example[k] = made[k][i] if k in made else examples[k][i]
     out.append(example)
+  return out
+
+
+def _record_images(src, index: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+  record = src[index]
+  return {k: records.decode_image(record[k]) for k in keys}
+
+
+def whole_records(config: ml_collections.ConfigDict) -> Optional[list[LazyExample]]:
+  """The held-out records of a run with degraded images, whole and named (module doc); else None."""
+  if config.data.get("source") != "records":
+    return None
+  src = pipeline.source(config.data, "eval")
+  keys = tuple(k for k in pipeline.image_keys(config, src) if k in ("degraded", "target", "prior"))
+  if "degraded" not in keys:
+    return None  # target-only: degradations are the trainer's, made on the device (procedural path)
+  limit = config.data.get("eval_max_images", 0)
+  n = min(len(src), limit) if limit else len(src)
+  out = []
+  for i in range(n):
+    record = src[i]
+    with PILImage.open(io.BytesIO(record["target"])) as im:
+      w, h = im.size
+    out.append(LazyExample(name=str(record["name"]), size=(h, w), has_prior="prior" in keys,
+                           load=functools.partial(_record_images, src, i, keys)))
   return out
 
 
@@ -171,5 +201,6 @@ def build(spec: str, config: ml_collections.ConfigDict) -> list:
   """The examples a spec names (see the module docstring)."""
   kind, args = parse(spec)
   if kind == "default":
-    return procedural(config)
+    whole = whole_records(config)
+    return procedural(config) if whole is None else whole
   return folder(*args)

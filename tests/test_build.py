@@ -251,3 +251,35 @@ def test_an_out_folder_holding_other_files_is_refused(tmp_path, capsys):
       f"restorejax.data.build: error: --out={tmp_path}/data: holds files that are not part of a dataset "
       "(notes.txt, t); a build replaces its folder, so give a new or empty folder, or an earlier dataset")
   assert sorted(os.listdir(f"{tmp_path}/data")) == ["notes.txt", "t"]
+
+
+def test_pairs_without_a_prior_are_kept_marked_absent(tmp_path):
+  from restorejax.data import pipeline  # pylint: disable=g-import-not-at-top
+  for i in range(3):
+    _save(f"{tmp_path}/d/im{i}.png", _rgb(i))
+    _save(f"{tmp_path}/t/im{i}.png", _rgb(10 + i))
+    if i != 1:
+      _save(f"{tmp_path}/p/im{i}.png", _rgb(20 + i))
+  _save(f"{tmp_path}/p/stray.png", _rgb(9))  # a prior without its pair is still skipped
+  report = build.main(["--degraded", f"{tmp_path}/d", "--target", f"{tmp_path}/t", "--prior", f"{tmp_path}/p",
+                       "--out", f"{tmp_path}/out"])
+  assert report["written"] == 3
+  assert report["without_prior"] == [{"file": f"{tmp_path}/d/im1.png",
+                                      "reason": f"no prior image for key 'im1' in {tmp_path}/p"}]
+  assert [s["file"] for s in report["skipped"]] == [f"{tmp_path}/p/stray.png"]
+  info = records.read_info(f"{tmp_path}/out")
+  assert info["has_prior"] and info["prior_absent"] == 1
+  got = _read_all(f"{tmp_path}/out")
+  assert [bool(got[f"im{i}"]["prior_mask"]) for i in range(3)] == [True, False, True]
+  assert not got["im1"]["prior"].any() and np.array_equal(got["im2"]["prior"], _rgb(22))
+  # The pipeline's decode step (images left encoded by the source) gives the same, for the batch.
+  src = records.TripleSource(f"{tmp_path}/out", decoded=False)
+  decode = pipeline.Decode(keys=src.image_keys, seed=0)
+  ex = decode.map({**src[1], "index": 1})
+  assert ex["prior_mask"] == np.bool_(False) and ex["prior"].shape == (24, 20, 3) and not ex["prior"].any()
+  assert decode.map({**src[0], "index": 0})["prior_mask"]
+  # Prior loss terms would pull toward the zero priors: they refuse such batches by name.
+  from restorejax.losses import prior as prior_losses  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="config.losses.prior_color: the dataset has examples without a prior"):
+    prior_losses.prior_color(np.zeros((2, 8, 8, 3), np.float32),
+                             {"prior": np.zeros((2, 8, 8, 3), np.float32), "prior_mask": np.array([True, False])})

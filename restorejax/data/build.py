@@ -24,8 +24,14 @@ Large images (DIV2K's 2K pictures take ~0.1 s each to decode) can be stored as o
 the whole picture; tiles start every step plus one flush with the far edge, and an image no larger than
 the tile is kept whole.
 
+With `--prior`, an example whose prior file is missing is kept without one (its record has no
+`prior`; training gives it a zero prior and `prior_mask` false, which the prior-fusion networks read as
+absent): released generative priors often cover part of a dataset only. Such examples are listed apart
+in the report (`without_prior`) and counted in `dataset_info.json` (`prior_absent`).
+
 Output in `--out`: the shards, `dataset_info.json`, and `report.json`
-`{"written": n, "skipped": [{"file", "reason"}], "converted": [{"file", "changes"}]}`. Every input file is
+`{"written": n, "skipped": [{"file", "reason"}], "converted": [{"file", "changes"}]}`, plus
+`"without_prior": [{"file", "reason"}]` (the example's first file) with `--prior`. Every input file is
 either in a record or in `skipped` with its reason: unreadable, truncated, empty (0 bytes), not an
 image, no partner (naming the missing side), ambiguous name, smaller than `--min-size`, degraded/target
 size mismatch, or an unusable partner. Examples are written in sorted name order with deterministic
@@ -68,6 +74,7 @@ class Pairing:
   examples: dict[str, dict[str, str]]
   skipped: dict[str, str]   # path -> reason
   keys: dict[str, str] = dataclasses.field(default_factory=dict)   # example name -> pairing key
+  without_prior: dict[str, str] = dataclasses.field(default_factory=dict)  # example name -> why (kept)
 
 
 def _key_of(stem: str, pattern: Optional[re.Pattern]) -> Optional[str]:
@@ -130,6 +137,7 @@ def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None) -> Pairing
         unique[side][key] = items[0][1]
   examples: dict[str, dict[str, str]] = {}
   example_keys: dict[str, str] = {}
+  absent: dict[str, str] = {}
   used: set[str] = set()
   lead = "degraded" if "degraded" in found else "target"
   for key, items in sorted(found[lead].items()):
@@ -140,6 +148,8 @@ def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None) -> Pairing
           continue
         if key in unique[side]:
           files[side] = unique[side][key]
+        elif side == "prior" and key not in found[side]:
+          absent[stem] = f"no prior image for key {key!r} in {dirs[side]}"  # kept: prior_mask false
         else:
           why = "is ambiguous" if key in found[side] else "is missing"
           skipped[path] = f"no partner: the {side} image for key {key!r} {why} in {dirs[side]}"
@@ -154,7 +164,8 @@ def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None) -> Pairing
         missing = [s for s in ("degraded", "target") if s in found and s != side and key not in found[s]]
         skipped[path] = (f"no partner: no {' or '.join(missing)} image with key {key!r}" if missing else
                          f"no partner: the example with key {key!r} is incomplete (see its other files)")
-  return Pairing(dict(sorted(examples.items())), skipped, example_keys)
+  absent = {stem: why for stem, why in absent.items() if stem in examples}
+  return Pairing(dict(sorted(examples.items())), skipped, example_keys, dict(sorted(absent.items())))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -320,6 +331,7 @@ def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]
   skipped = dict(pairing.skipped)
   converted: dict[str, list[str]] = {}
   used: set[str] = set()
+  written_names: set[str] = set()
 
   def good_records():
     for name, outcome in load_all(pairing, workers=workers, min_size=min_size, task=task, tile=tile,
@@ -331,6 +343,7 @@ def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]
             skipped[path] = reason
         continue
       used.update(pairing.examples[name].values())
+      written_names.add(name)
       for path, notes in outcome.converted.items():
         converted.setdefault(path, notes)
       yield from outcome.records
@@ -342,6 +355,9 @@ def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]
       "skipped": [{"file": p, "reason": r} for p, r in sorted(skipped.items()) if p not in used],
       "converted": [{"file": p, "changes": c} for p, c in sorted(converted.items())],
   }
+  if "prior" in dirs:  # examples written without a prior (their prior_mask is false)
+    report["without_prior"] = [{"file": next(iter(pairing.examples[name].values())), "reason": why}
+                               for name, why in pairing.without_prior.items() if name in written_names]
   with open(os.path.join(out, REPORT_FILE), "w") as f:
     json.dump(report, f, indent=1)
     f.write("\n")
@@ -365,6 +381,8 @@ def summary_text(report: dict, out: str) -> str:
                  + (f"; tasks {info['tasks']}" if info["tasks"] else ""))
   if report["converted"]:
     lines.append(f"  converted {len(report['converted'])} file(s)")
+  if report.get("without_prior"):
+    lines.append(f"  {len(report['without_prior'])} example(s) without a prior (kept, prior_mask false)")
   if report["skipped"]:
     counts: dict[str, int] = {}
     for s in report["skipped"]:

@@ -38,7 +38,7 @@ import numpy as np
 from restorejax.data import procedural, records
 
 IMAGE_KEYS = ("degraded", "prior", "target")
-PASSTHROUGH = ("task", "prior_severity")   # per-example values kept through cropping
+PASSTHROUGH = ("task", "prior_severity", "prior_mask")   # per-example values kept through cropping
 _EVAL_SEED_OFFSET = 1_000_003
 
 
@@ -243,7 +243,13 @@ class Decode(grain.transforms.Map):
   def map(self, example: dict[str, Any]) -> dict[str, Any]:
     out = {"index": np.int64(example["index"])}
     for k in self.keys:
+      if k != "target" and isinstance(example[k], bytes) and not example[k]:
+        continue  # an absent prior (records `prior_absent`): zeros below
       out[k] = records.decode_image(example[k])
+    if "prior_mask" in example and "prior" in self.keys:
+      out["prior_mask"] = np.bool_(example["prior_mask"])
+      if "prior" not in out:
+        out["prior"] = np.zeros_like(out["target"])
     if "task" in example:
       out["task"] = np.int32(example["task"])
     if self.severity is not None:
@@ -344,6 +350,8 @@ def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, 
   spec["index"] = np.zeros((batch_size,), np.int64)
   if getattr(src, "has_task", False):
     spec["task"] = np.zeros((batch_size,), np.int32)
+  if getattr(src, "partial_prior", False) and "prior" in keys:
+    spec["prior_mask"] = np.zeros((batch_size,), np.bool_)
   if simulated_severity(config, keys) is not None:
     spec["prior_severity"] = np.zeros((batch_size,), np.float32)
   return spec

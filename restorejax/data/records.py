@@ -7,7 +7,8 @@ same example always gives the same bytes):
   name      str    example name (the degraded file's stem; the target's when there is no degraded image)
   target    bytes  8-bit RGB PNG
   degraded  bytes  8-bit RGB PNG of the target's size                  (absent in target-only datasets)
-  prior     bytes  8-bit RGB PNG resized to the target's size          (absent when there is no prior)
+  prior     bytes  8-bit RGB PNG resized to the target's size          (absent when there is no prior;
+                   in a dataset with priors, an example without one: see `prior_absent`)
   task      str    task label given to the builder, e.g. "dehaze"      (absent when none was given)
   sizes     map    {image key: [height, width]} of each source file before any conversion or resizing
   files     map    {image key: source file name}
@@ -16,7 +17,9 @@ same example always gives the same bytes):
 
 `dataset_info.json` holds `count`, `tasks` ({label: count}), `has_degraded`, `has_prior`, `sizes`
 (`min` / `max` [height, width] of the stored targets), `shards` ([{file, count}]) and, for tiled builds,
-`tile` ({size, step}).
+`tile` ({size, step}); `prior_absent` (only when > 0): the number of examples of a dataset with priors
+that have none. `TripleSource` gives such an example a zero prior of its target's size and every example
+of these datasets a `prior_mask` (bool: the prior is real), which the prior-fusion networks take.
 
 `TripleSource` is the grain random-access reader over one or several such directories. String task
 labels become int ids (the label's position in `tasks`, by default the sorted labels of all datasets;
@@ -121,7 +124,8 @@ def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records
     os.remove(old)
   counts: list[int] = []
   tasks: dict[str, int] = {}
-  flags: set[tuple[bool, bool]] = set()
+  flags: set[bool] = set()
+  with_prior = 0
   lo, hi = [None, None], [0, 0]
   writer = None
   for record, summary in records:
@@ -135,7 +139,8 @@ def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records
     counts[-1] += 1
     if summary.get("task") is not None:
       tasks[summary["task"]] = tasks.get(summary["task"], 0) + 1
-    flags.add((bool(summary["has_degraded"]), bool(summary["has_prior"])))
+    flags.add(bool(summary["has_degraded"]))
+    with_prior += bool(summary["has_prior"])
     for d in range(2):
       lo[d] = summary["size"][d] if lo[d] is None else min(lo[d], summary["size"][d])
       hi[d] = max(hi[d], summary["size"][d])
@@ -143,7 +148,8 @@ def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records
     writer.close()
   if len(flags) > 1:
     raise ValueError(f"{path}: examples disagree on which images they hold")
-  has_degraded, has_prior = flags.pop() if flags else (False, False)
+  has_degraded, has_prior = (flags.pop() if flags else False), with_prior > 0
+  absent = sum(counts) - with_prior if has_prior else 0
   shards = []
   for i, count in enumerate(counts):
     name = shard_name(i, len(counts))
@@ -152,7 +158,8 @@ def write(path: str, records: Iterable[tuple[bytes, dict[str, Any]]], *, records
   info = {
       "format": FORMAT, "version": VERSION, "count": sum(counts),
       "tasks": dict(sorted(tasks.items())), "has_degraded": has_degraded, "has_prior": has_prior,
-      "sizes": {"min": [v or 0 for v in lo], "max": hi}, "shards": shards, **(extra_info or {}),
+      "sizes": {"min": [v or 0 for v in lo], "max": hi}, "shards": shards,
+      **({"prior_absent": absent} if absent else {}), **(extra_info or {}),
   }
   with open(os.path.join(path, INFO_FILE), "w") as f:
     json.dump(info, f, indent=1)
@@ -188,8 +195,10 @@ def split_paths(paths: str | Sequence[str]) -> list[str]:
 class TripleSource:
   """grain random-access source over the datasets in `paths` (concatenated in the order given).
 
-  Elements are `{'name', 'target', 'degraded'?, 'prior'?, 'task'?}`: images uint8 (H, W, 3) when
-  `decoded`, else PNG bytes (the pipeline decodes in its map step); `task` an int32 id (see module doc).
+  Elements are `{'name', 'target', 'degraded'?, 'prior'?, 'task'?, 'prior_mask'?}`: images uint8
+  (H, W, 3) when `decoded`, else PNG bytes (the pipeline decodes in its map step; an absent prior is
+  then b"", zeros once decoded); `task` an int32 id (see module doc); `prior_mask` (bool, False for an
+  example without a prior) when a dataset has `prior_absent` examples (`partial_prior`).
   All datasets must hold the same images (all with degraded images or none, all with priors or none).
   """
 
@@ -212,6 +221,7 @@ class TripleSource:
       raise ValueError(f"records: task label(s) {', '.join(missing)} of {', '.join(self.paths)} are not "
                        f"in the configured tasks ({', '.join(self.tasks)})")
     self.has_task = bool(self.tasks)
+    self.partial_prior = has_prior and any(i.get("prior_absent", 0) for i in self.infos)
     self.decoded = decoded
     files = [os.path.join(p, s["file"]) for p, i in zip(self.paths, self.infos) for s in i["shards"]]
     import grain  # pylint: disable=g-import-not-at-top  (the builder needs no JAX)
@@ -226,7 +236,14 @@ class TripleSource:
     record = decode(self._source[index])
     out = {"name": record["name"]}
     for k in self.image_keys:
-      out[k] = decode_image(record[k]) if self.decoded else record[k]
+      if k not in record:  # an example without a prior: zeros, marked absent
+        out[k] = b""
+      else:
+        out[k] = decode_image(record[k]) if self.decoded else record[k]
+    if self.partial_prior:
+      out["prior_mask"] = np.bool_("prior" in record)
+      if self.decoded and "prior" not in record:
+        out["prior"] = np.zeros_like(out["target"])
     if self.has_task:
       out["task"] = np.int32(self.tasks.index(record["task"]) if "task" in record else -1)
     return out

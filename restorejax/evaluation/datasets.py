@@ -68,7 +68,10 @@ def procedural(config: ml_collections.ConfigDict) -> list[dict]:
 
 def _record_images(src, index: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
   record = src[index]
-  return {k: records.decode_image(record[k]) for k in keys}
+  out = {k: records.decode_image(record[k]) for k in keys if not (k == "prior" and record[k] == b"")}
+  if "prior" in keys and "prior" not in out:  # an example built without a prior: zeros, as in training
+    out["prior"] = np.zeros_like(out["target"])
+  return out
 
 
 def whole_records(config: ml_collections.ConfigDict) -> Optional[list[LazyExample]]:

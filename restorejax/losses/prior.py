@@ -32,6 +32,10 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # numpy: importing must not
 
 def require_prior(batch, term: str) -> jnp.ndarray:
   """The batch's prior, or a ValueError naming the term and how to get priors into batches."""
+  if batch.get("prior_mask") is not None:  # their zero priors would be pulled toward, not ignored
+    raise ValueError(f"config.losses.{term}: the dataset has examples without a prior (prior_absent in its "
+                     "dataset_info.json); the prior loss terms need a prior for every example: rebuild "
+                     "without them or set this term's weight to 0")
   if batch.get("prior") is None:
     raise ValueError(f"config.losses.{term}: the batch has no 'prior' (set config.data.use_prior=True with a "
                      "source that has priors, or enable config.data.simulated_prior to simulate them from "

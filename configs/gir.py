@@ -1,5 +1,6 @@
 """General image restoration (GIR): the default NAFNet trained on MiOIR's mixed degradations, and the two
-reference runs whose per-task scores set the GIR protocol's lines (REFERENCES section 4).
+reference runs whose per-task scores set the GIR protocol's acceptance and excellence lines (Kong et al.,
+"General image restoration", arXiv:2408.15143: a weak and a strong reference model per task).
 
 Every variant degrades the embedded dead-leaves targets on the device with `mixed`: one to three of
 haze, rain, low light, blur, bicubic down-up, Poisson noise, Gaussian noise and JPEG at MiOIR's training

@@ -1,6 +1,6 @@
 """How a prior image enters a restoration network: `config.model.fusion`, one place for every backbone.
 
-A prior is a generative "restoration" of the degraded image (REFERENCES.md section 1): clean-looking but
+A prior is a generative "restoration" of the degraded image (the GPT-4o restoration study, arXiv:2505.05621): clean-looking but
 misaligned, re-toned, partly hallucinated, and missing for some examples. Modes:
 
 - 'none': the prior is ignored (not even read).

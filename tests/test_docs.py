@@ -1,0 +1,15 @@
+"""The documentation cites only what a reader has: no pointers into files outside the repository."""
+
+import glob
+import os
+
+from conftest import ROOT
+
+
+def test_no_citations_of_a_references_file_the_repository_lacks():
+  files = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "configs", "**", "*.py"),
+                                                         recursive=True) \
+      + glob.glob(os.path.join(ROOT, "restorejax", "**", "*.py"), recursive=True)
+  assert not os.path.exists(os.path.join(ROOT, "REFERENCES.md"))
+  cited = [os.path.relpath(f, ROOT) for f in files if "REFERENCES" in open(f, encoding="utf-8").read()]
+  assert cited == []

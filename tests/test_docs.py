@@ -10,6 +10,7 @@ def test_no_citations_of_a_references_file_the_repository_lacks():
   files = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "configs", "**", "*.py"),
                                                          recursive=True) \
       + glob.glob(os.path.join(ROOT, "restorejax", "**", "*.py"), recursive=True)
-  assert not os.path.exists(os.path.join(ROOT, "REFERENCES.md"))
+  if os.path.exists(os.path.join(ROOT, "REFERENCES.md")):
+    return  # the file came into the repository: citing it is fine
   cited = [os.path.relpath(f, ROOT) for f in files if "REFERENCES" in open(f, encoding="utf-8").read()]
   assert cited == []

@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   c.init_from = ""                      # run directory or checkpoint to warm-start parameters from
+  c.resume_step = -1                    # -1: resume from the latest checkpoint; N: from checkpoint N
   c.max_nonfinite_steps = 20            # consecutive skipped (non-finite) steps before the run stops
   c.peak_flops_per_device = 0.0         # for MFU; 0 = from the device kind (unknown for CPUs)
 

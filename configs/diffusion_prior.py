@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 1
   c.init_from = ""
+  c.resume_step = -1
   c.max_nonfinite_steps = 20
   c.peak_flops_per_device = 0.0
 

@@ -9,6 +9,7 @@ line `restorejax: error: ...` and exit status 2, no traceback (set RESTOREJAX_TR
 """
 
 import ast
+import errno
 import logging as std_logging
 import os
 import sys
@@ -18,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (clu, tfds) sta
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+from ml_collections.config_flags import config_flags as config_file  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
@@ -60,16 +62,45 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"--{name} is required")
     FLAGS.config.keys()  # the file is loaded lazily: make its errors surface here
   except Exception as e:  # pylint: disable=broad-except
-    message = _one_line(e)
-    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    for flag in overrides:  # a misspelt override: name the whole key
-      field = flag.split(".")[-1]
-      if message.startswith((f"'{field}'", f'"{field}"')):
-        hint = message[len(field) + 2:].strip()
-        message = f"{flag}: no such config field" + (f" ({hint})" if hint else "")
-        break
-    fail(message)
+    fail(_override_error(_one_line(e), argv))
   return rest
+
+
+def _config_keys(argv: list[str], path: list[str]) -> list[str]:
+  """The fields of the config node at `path` (the config file loaded without overrides); [] if unknown."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  try:
+    node = config_file.ConfigFileFlagParser(name="config").parse(spec)
+    for key in path:
+      node = node[key]
+    return sorted(node.keys())
+  except Exception:  # pylint: disable=broad-except  (only a hint)
+    return []
+
+
+def _override_error(message: str, argv: list[str]) -> str:
+  """A misspelt override names the whole key and, for a missing part of it, the fields that exist there
+  (e.g. `--config.losses.nope.weight`: the loss terms)."""
+  overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  for flag in overrides:
+    parts = flag[len("--config."):].split(".")
+    for i, field in enumerate(parts):
+      if not message.startswith((f"'{field}'", f'"{field}"')):
+        continue
+      hint = message[len(field) + 2:].strip()
+      parent = "config" + "".join(f".{p}" for p in parts[:i])
+      keys = _config_keys(argv, parts[:i]) if i < len(parts) - 1 or not hint else []
+      if field in keys:
+        continue  # this part exists: the message is about another one
+      text = f"{flag}: no such config field"
+      if i < len(parts) - 1:
+        text += f": {parent} has no {field!r}"
+      if hint:
+        text += f" ({hint})"
+      if keys:
+        text += f" ({parent} has: {', '.join(keys)})"
+      return text
+  return message
 
 
 def parse_command_flags(argv: list[str]) -> list[str]:
@@ -103,10 +134,27 @@ def initialize_distributed() -> None:
 
 
 def quiet_libraries() -> None:
-  """orbax logs every save step at INFO; keep its warnings, and our own INFO lines."""
+  """orbax logs every save step at INFO; keep its warnings, and our own INFO lines.
+
+  orbax's threads also log each failure of an asynchronous save with a traceback (four times for one
+  full disk) before the main thread re-raises it, which `fail` reports in one line: their records keep
+  one line, once per distinct error, unless RESTOREJAX_TRACEBACK is set.
+  """
+  seen = set()
+
   def keep(record) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain"))
+    if not any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain")):
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    if record.exc_info and not os.environ.get("RESTOREJAX_TRACEBACK"):
+      error = _one_line(record.exc_info[1])[:300]
+      if error in seen:
+        return False
+      seen.add(error)
+      record.msg, record.args = f"{record.getMessage().splitlines()[0][:200]} ({error})", None
+      record.exc_info, record.exc_text = None, None
+    return True
   logging.get_absl_logger().addFilter(keep)
 
 
@@ -123,6 +171,11 @@ def main(argv: list[str]) -> None:
     summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, train.TrainingError) as e:
     fail(str(e))
+  except OSError as e:  # e.g. metrics or summaries on a full disk
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    fail(f"no space left on device in --workdir={FLAGS.workdir} (writing {e.filename or 'a file'}); "
+         "its checkpoints are intact: free space and run the same command to resume")
   if summary.get("preempted"):
     logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved.", summary["steps"])
     return

@@ -1,7 +1,8 @@
 """What a run reports: clu writers (TensorBoard), `metrics.jsonl`, image grids and `summary.json`.
 
 Only process 0 writes. Every scalar goes both to TensorBoard and to `metrics.jsonl`, one JSON object per
-write: `{"step": n, "<name>": value, ...}`. clu's writers bring TensorFlow (6-7 s to import on a small
+write: `{"step": n, "<name>": value, ...}`; a resumed run first drops the rows after its checkpoint's step,
+so each step appears once. clu's writers bring TensorFlow (6-7 s to import on a small
 CPU), so they are imported when a run creates its writers, not when a command imports this module.
 """
 
@@ -56,13 +57,49 @@ class JsonlWriter:
     self._file.close()
 
 
+def drop_metrics_after(workdir: str, step: int) -> int:
+  """Removes the rows of `metrics.jsonl` with a step after `step` (a resumed run redoes those steps), and
+  a torn last line; returns how many rows went. The file is replaced atomically, so a crash leaves
+  either the old or the new one, and appending to it afterwards is as safe as before."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  keep, dropped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row_step = json.loads(line)["step"]
+      except (ValueError, KeyError, TypeError):
+        dropped += 1
+        continue
+      if row_step > step:
+        dropped += 1
+      else:
+        keep.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return dropped
+
+
 def create_writer(workdir: str) -> Any:
   """TensorBoard + metrics.jsonl + log lines on process 0; log lines only elsewhere (a clu MetricWriter)."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  (TensorFlow, see module doc)
-  if jax.process_index() > 0:
-    return metric_writers.create_default_writer(None, just_logging=True)
-  return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=True),
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  class LogWriter(metric_writers.LoggingWriter):
+    """clu's log lines, with texts (the parameter overview) as they read rather than as a dict repr."""
+
+    def write_texts(self, step, texts):
+      for name, text in texts.items():
+        logging.info("[%d] %s:\n%s", step, name, text)
+
+  if jax.process_index() > 0:  # what clu's create_default_writer(None, just_logging=True) builds
+    return metric_writers.AsyncMultiWriter([LogWriter()])
+  return metric_writers.MultiWriter([  # create_default_writer(workdir) with our LogWriter, and the JSON lines
+      metric_writers.AsyncMultiWriter([LogWriter(), metric_writers.SummaryWriter(workdir)]),
       JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
   ])
 

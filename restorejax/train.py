@@ -146,6 +146,46 @@ class Preemption:
 # The run.
 # ----------------------------------------------------------------------------------------------------
 
+# (dotted field, minimum, maximum, whole number): fields that have no sensible value outside the range.
+_RANGES = (
+    ("total_steps", 1, None, True), ("log_every", 1, None, True), ("eval_every", 1, None, True),
+    ("checkpoint_every", 1, None, True), ("keep_checkpoints", 1, None, True),
+    ("max_nonfinite_steps", 1, None, True), ("resume_step", -1, None, True),
+    ("data.batch_size", 1, None, True), ("data.patch_size", 1, None, True),
+    ("data.num_workers", 0, None, True), ("data.read_threads", 1, None, True),
+    ("eval.batch_size", 1, None, True), ("optim.lr", 0.0, None, False),
+    ("optim.min_lr", 0.0, None, False), ("optim.warmup_steps", 0, None, True),
+    ("optim.accumulate_steps", 1, None, True), ("optim.ema_decay", 0.0, 1.0, False),
+    ("optim.grad_clip_norm", 0.0, None, False), ("optim.weight_decay", 0.0, None, False),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """A ValueError naming the first field whose value cannot work (e.g. `total_steps=0`, a NaN loss
+  weight); fields a config does not have are skipped."""
+  def lookup(path):
+    node = config
+    for key in path.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        return None
+      node = node[key]
+    return node
+  fields = list(_RANGES)
+  if isinstance(config.get("losses"), ml_collections.ConfigDict):
+    fields += [(f"losses.{name}.weight", 0.0, None, False) for name in config.losses
+               if isinstance(config.losses[name], ml_collections.ConfigDict)]
+  for path, low, high, whole in fields:
+    value = lookup(path)
+    if value is None:
+      continue
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and np.isfinite(value) and value >= low and (high is None or value <= high)
+    if not ok or (whole and not float(value).is_integer()):
+      want = "a whole number" if whole else "a finite number"
+      bounds = f">= {low}" if high is None else f"between {low} and {high}"
+      raise ValueError(f"config.{path}={value!r}: must be {want} {bounds}")
+
+
 def check_workdir(workdir: str) -> None:
   if "://" in workdir:  # os.makedirs would quietly make a local directory named 'gs:'
     raise ValueError(f"--workdir={workdir}: URL work directories are not supported yet (metrics and "
@@ -196,12 +236,13 @@ def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the summary."""
-  # --- Run directory and writers --------------------------------------------------------------------
-  check_workdir(workdir)
-  if jax.process_index() == 0:
-    checkpoint.write_config(workdir, config)
-  writer = reporting.create_writer(workdir)
+  """Trains `config` in `workdir` (resuming from its latest checkpoint, or `config.resume_step`) and
+  returns the summary.
+
+  Nothing in `workdir` changes before the config is checked, the mesh built and the checkpoint restored:
+  a run that cannot start leaves the run directory as it was (or does not create it).
+  """
+  check_config(config)
   start_time = time.time()
 
   # --- Mesh -------------------------------------------------------------------------------------------
@@ -229,9 +270,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- State: shapes first, then params born sharded ------------------------------------------------
   init_fn, abstract, state_sh = abstract_state(task, tx, config, mesh)
 
-  # --- Restore or initialise ------------------------------------------------------------------------
+  # --- Run directory, restore or initialise, writers --------------------------------------------------
+  check_workdir(workdir)
   mgr = checkpoint.manager(workdir, config)
-  state = checkpoint.restore_latest(mgr, abstract, data_iter)
+  try:
+    state = checkpoint.restore(mgr, abstract, data_iter, config=config,
+                               resume_step=config.get("resume_step", -1))
+  except Exception:
+    mgr.close()  # orbax's pending reads otherwise print 'Event loop is closed' tracebacks at exit
+    raise
+  if jax.process_index() == 0:  # only now: a failed resume leaves the saved config as it was
+    checkpoint.write_config(workdir, config)
+    if state is not None:  # steps redone after the checkpoint appear once in metrics.jsonl
+      reporting.drop_metrics_after(workdir, int(state.step))
+  writer = reporting.create_writer(workdir)
   if state is not None:
     logging.info("Resumed from %s at step %d.", workdir, int(state.step))
   else:
@@ -241,9 +293,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info("Parameters warm-started from %s.", config.init_from)
   first_step = int(state.step)
   if first_step == 0:
-    parameter_overview.log_parameter_overview(
+    overview = parameter_overview.get_parameter_overview(
         jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params),
         include_stats=False)
+    # In the log and in TensorBoard (whose text plugin reads markdown: indented lines keep the columns).
+    writer.write_texts(0, {"parameter_overview": "\n".join("    " + line for line in overview.splitlines())})
 
   # --- Compile the step (once, with explicit shardings and the state donated) -----------------------
   aux_sh = sharding.param_shardings(task.aux, config, mesh)
@@ -295,18 +349,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics["train/mfu"] = flops * interval_steps / max(elapsed, 1e-9) / peak
     interval_start, interval_steps = time.time(), 0
     writer.write_scalars(log_step, metrics)
-    if metrics["train/nonfinite_run"] >= config.max_nonfinite_steps:
-      raise TrainingError(
-          f"{int(metrics['train/nonfinite_run'])} consecutive steps up to step {log_step} had a "
-          f"non-finite loss or gradient (config.max_nonfinite_steps={config.max_nonfinite_steps}); "
-          f"stopping. The last checkpoint is step {mgr.latest_step()} in {workdir}/checkpoints.")
+
+  def check_nonfinite(at_step: int, run: jax.Array):
+    run = int(sharding.to_host(run))
+    if run < config.max_nonfinite_steps:
+      return
+    flush_pending()
+    checkpoint.wait(mgr)
+    latest = mgr.latest_step()
+    last = (f"the last checkpoint, step {latest} in {os.path.join(workdir, 'checkpoints')}, is intact: "
+            "fix the cause and run the same command to resume from it" if latest is not None else
+            f"no checkpoint was saved in {workdir}, so there is nothing to resume: fix the cause and start "
+            "again")
+    raise TrainingError(
+        f"{run} consecutive steps up to step {at_step} had a non-finite loss or gradient "
+        f"(config.max_nonfinite_steps={config.max_nonfinite_steps}); stopping; {last}")
+
+  # Every step's count of consecutive non-finite steps is read one step late (its copy to the host
+  # started when it was computed), so the check never makes the host wait for the step in flight.
+  unchecked: Optional[tuple[int, jax.Array]] = None
 
   try:
     while step < config.total_steps:
       if preemption.reached(step):
         flush_pending()
         checkpoint.save(mgr, step, state, data_iter)
-        mgr.wait_until_finished()
+        checkpoint.wait(mgr)
         logging.warning("Preempted (SIGTERM): saved step %d in %s; rerun to resume.", step, workdir)
         return {"preempted": True, "steps": step}
       batch = sharding.host_to_global(next(data_iter), batch_sh)
@@ -315,6 +383,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, metrics = compiled(state, batch, aux)
       step += 1
       interval_steps += 1
+      if unchecked is not None:
+        check_nonfinite(*unchecked)
+      unchecked = (step, metrics["train/nonfinite_run"])
+      unchecked[1].copy_to_host_async()
       flush_pending()
       if step % config.log_every == 0 or step == config.total_steps:
         pending = (step, metrics)
@@ -328,12 +400,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Step %d: %s (%.1fs)", step, eval_results, time.time() - eval_start)
         interval_start, interval_steps = time.time(), 0
       if step % config.checkpoint_every == 0 or step == config.total_steps:
+        flush_pending()  # metrics.jsonl holds every row up to a checkpoint's step (see drop_metrics_after)
         checkpoint.save(mgr, step, state, data_iter)
+    if unchecked is not None:
+      check_nonfinite(*unchecked)
     flush_pending()
   finally:
     preemption.close()
-    mgr.wait_until_finished()
     writer.flush()
+    checkpoint.wait(mgr)
 
   # --- Final evaluation and summary -----------------------------------------------------------------
   if not eval_results:

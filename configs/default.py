@@ -12,7 +12,14 @@ Variants (after a colon):
   configs/default.py:tiny   width 8, one block per stage, 32x32 patches, 60 steps: under a minute; for
                             tests and smoke runs.
 Any field can be overridden: --config.total_steps=500 --config.model.width=32 --config.losses.psnr.weight=1
+
+Another network: `configs/default.py:model=NAME` (with a variant: `:tiny,model=NAME`) is that network's
+own config, configs/NAME.py (e.g. configs/restormer.py, configs/dehazenet.py); `--config.model.name=NAME`
+alone cannot work, the model block holds NAFNet's fields.
 """
+
+import importlib.util
+import os
 
 import ml_collections
 
@@ -20,10 +27,42 @@ from restorejax import losses, models, optim
 from restorejax.data import degrade
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
+def parse_arg(arg: str | None) -> tuple[str, str]:
+  """'tiny,model=restormer' -> ('tiny', 'restormer'); the model defaults to 'nafnet'."""
+  variant, model = "default", "nafnet"
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if sep and key != "model":
+      raise ValueError(f"configs/default.py: unknown option {key!r} (known: model)")
+    if sep:
+      model = value
+    else:
+      variant = item
   if variant not in ("default", "tiny"):
     raise ValueError(f"configs/default.py: unknown variant {variant!r} (known: default, tiny)")
+  return variant, model
+
+
+def network_config(model: str, variant: str) -> ml_collections.ConfigDict:
+  """configs/<model>.py's config (loaded by path: this file works from any working directory)."""
+  if model not in models.MODELS:
+    raise ValueError(f"configs/default.py: model={model!r} unknown (known: {', '.join(sorted(models.MODELS))})")
+  here = os.path.dirname(os.path.abspath(__file__))
+  path = os.path.join(here, f"{model}.py")
+  if not os.path.isfile(path):
+    shipped = sorted(m for m in models.MODELS if os.path.isfile(os.path.join(here, f"{m}.py")))
+    raise ValueError(f"configs/default.py: model={model}: no configs/{model}.py ships yet (shipped: nafnet, "
+                     f"{', '.join(shipped)})")
+  spec = importlib.util.spec_from_file_location(f"restorejax_configs_{model}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, model = parse_arg(arg)
+  if model != "nafnet":
+    return network_config(model, variant)
   c = ml_collections.ConfigDict()
   c.task = "restoration"                # see restorejax/tasks
   c.seed = 0

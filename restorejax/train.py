@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
 from restorejax.data import degrade, pipeline, priors
+from restorejax.models import fusion
 
 
 class TrainingError(RuntimeError):
@@ -228,11 +229,17 @@ def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainS
   return init_fn, abstract, state_sh
 
 
-def _warm_start(state: TrainState, path: str, param_sh: Any) -> TrainState:
-  """Parameters (and EMA) from another run or a converted checkpoint; optimizer and step start afresh."""
-  loaded = checkpoint.fit(checkpoint.load_params(path), state.params, f"config.init_from={path}")
-  params = sharding.replicated_to_global(loaded, param_sh)
-  return state.replace(params=params, ema_params=params)
+def _warm_start(state: TrainState, path: str, param_sh: Any, fusion_mode: str = "none") -> TrainState:
+  """Parameters from another run (its EMA) or a converted checkpoint; optimizer, step and RNG as
+  initialised, and the EMA a copy of the parameters of its own (the step donates both trees: one buffer
+  in both would be donated twice). A checkpoint of the backbone alone (trained or converted without a
+  prior) also starts a network with prior fusion `fusion_mode` (see `fusion.from_backbone`)."""
+  loaded = checkpoint.load_params(path)
+  if fusion_mode != "none":
+    loaded = fusion.from_backbone(loaded, sharding.to_host(state.params), fusion_mode)
+  loaded = checkpoint.fit(loaded, state.params, f"config.init_from={path}")
+  copy = lambda: sharding.replicated_to_global(jax.tree_util.tree_map(np.array, loaded), param_sh)
+  return state.replace(params=copy(), ema_params=copy())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -289,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
     if config.init_from:
-      state = _warm_start(state, config.init_from, state_sh.params)
+      state = _warm_start(state, config.init_from, state_sh.params, config.model.get("fusion", "none"))
       logging.info("Parameters warm-started from %s.", config.init_from)
   first_step = int(state.step)
   if first_step == 0:

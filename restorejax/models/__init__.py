@@ -40,6 +40,10 @@ def model_class(name: str) -> type:
   return getattr(importlib.import_module(module), cls)
 
 
+def _fields(name: str) -> set[str]:
+  return {f.name for f in dataclasses.fields(model_class(name))} - {"parent", "name"}
+
+
 def default_config(name: str) -> ml_collections.ConfigDict:
   """The `config.model` block of a network with its defaults: `name` plus every field of the module."""
   cls = model_class(name)
@@ -51,9 +55,14 @@ def default_config(name: str) -> ml_collections.ConfigDict:
 def build(cfg: ml_collections.ConfigDict) -> nn.Module:
   """`config.model` -> an unbound Flax module; an unknown option is an error naming it."""
   cls = model_class(cfg.name)
-  known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  known = _fields(cfg.name)
   options = {k: v for k, v in cfg.items() if k != "name"}
   unknown = sorted(set(options) - known)
+  owners = [other for other in MODELS if unknown and other != cfg.name and set(unknown) <= _fields(other)]
+  if owners:  # `--config.model.name=X` on a config written for another network
+    raise ValueError(f"config.model.name={cfg.name!r}, but config.model holds the fields of {owners[0]!r} "
+                     f"({', '.join(unknown)}): choose the network by its config, "
+                     f"--config=configs/default.py:model={cfg.name} (configs/{cfg.name}.py), not by its name")
   if unknown:
     raise ValueError(f"config.model: unknown option(s) {', '.join(unknown)} for model {cfg.name!r} "
                      f"(known: {', '.join(sorted(known))})")

@@ -126,6 +126,38 @@ def append(
 
 
 
+def from_backbone(backbone: Any, fused: Any, mode: str) -> Any:
+  """Parameters for a network with fusion `mode` from its backbone's (trained or converted without it).
+
+  `fused` holds the fused network's initialised parameters (nested dicts, as `backbone`). Top-level
+  `fusion_*` trees that `backbone` lacks are taken from `fused` (their output layers start at zero, so the
+  network computes the backbone's function); under 'concat', a kernel that lacks only the prior's input
+  channels (axis -2) gets zero weights for them, as the converters give. Anything else is returned as it
+  is, for the caller's shape check to name.
+  """
+  if mode == "none" or not isinstance(backbone, dict):
+    return backbone
+  out = dict(backbone)
+  for name, tree in fused.items():
+    if name.startswith(PREFIX) and name not in out:
+      out[name] = tree
+  if mode != "concat":
+    return out
+
+  def pad(have, want):
+    if isinstance(have, dict) and isinstance(want, dict):
+      return {k: pad(v, want[k]) if k in want else v for k, v in have.items()}
+    have_shape, want_shape = np.shape(have), np.shape(want)
+    if (len(have_shape) == len(want_shape) >= 2 and have_shape[:-2] == want_shape[:-2]
+        and have_shape[-1] == want_shape[-1] and have_shape[-2] < want_shape[-2]):
+      have = np.asarray(have)
+      zeros = np.zeros(have_shape[:-2] + (want_shape[-2] - have_shape[-2], have_shape[-1]), have.dtype)
+      return np.concatenate([have, zeros], axis=-2)
+    return have
+
+  return pad(out, fused)
+
+
 class PriorEncoder(nn.Module):
   """[prior, presence] -> features at levels 0..`levels` (level l at 1/2**l), widths `width * 2**min(l, 2)`.
 

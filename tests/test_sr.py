@@ -233,3 +233,19 @@ def test_sr_model_restores_an_unseen_size_tiled(trained):
   assert whole.shape == out.shape
   # a small convolutional net: tiles with a wide enough overlap give nearly the whole-image result
   assert np.abs(out.astype(int) - whole.astype(int)).mean() < 2.0
+
+
+def test_evaluate_command_uses_sr_conventions_and_reports_bicubic(trained, sr_folders, tmp_path):
+  from restorejax import evaluate  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  lr_dir, hr_dir, _ = sr_folders
+  (tmp_path / "lr").mkdir()
+  (tmp_path / "hr").mkdir()
+  for lr, hr in (("a.png", "a.png"), ("0002x4.png", "0002.png")):  # DIV2K name, HR mod-cropped
+    shutil.copy(os.path.join(lr_dir, lr), tmp_path / "lr" / lr)
+    shutil.copy(os.path.join(hr_dir, hr), tmp_path / "hr" / hr)
+  workdir, _ = trained["rrdbnet"]
+  report = evaluate.evaluate_run(workdir, f"folder:{tmp_path / 'lr'},{tmp_path / 'hr'}", batch_size=2)
+  assert report["crop_border"] == 4 and report["test_y_channel"] and report["scale"] == 4
+  assert [(r["name"], r["height"], r["width"]) for r in report["per_image"]] == [("0002", 48, 64), ("a", 48, 64)]
+  assert np.isfinite(report["means"]["bicubic_psnr"]) and "bicubic upsampling" in evaluate.markdown(report)

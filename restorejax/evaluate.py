@@ -14,6 +14,11 @@ exported `params/`), evaluates every image whole (`evaluation.evaluator`) and wr
 when DIR/eval/<name>.json already holds the report of other folders (two test sets under parents of one
 name), `-<hash of the folders>` is added, so neither report replaces the other.
 
+Super-resolution runs (a network whose output is `scale` x its input): DEGRADED_DIR holds the LR images
+(1/scale of the mod-cropped targets; DIV2K names such as `0001x4.png` pair with `0001.png`), the
+metrics default to SR papers' conventions, `--crop_border=scale --test_y_channel` (give either flag to
+override), and the report's input row is the bicubic-upsampling baseline (`bicubic_psnr`, `bicubic_ssim`).
+
 The mesh is the run's when it fits the devices present, else data-parallel over all of them. Several
 processes are joined like training runs (`--coordinator_address --num_processes --process_id`, or
 automatically under SLURM / Open MPI / TPU pods); each process reads only the images it evaluates.
@@ -36,8 +41,10 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   flags.DEFINE_string("dataset", "default", "default | folder:DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR]")
-  flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics.")
-  flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only.")
+  flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics "
+                       "(super-resolution runs: the scale unless given).")
+  flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only "
+                    "(super-resolution runs: on unless given).")
   flags.DEFINE_bool("save_outputs", False, "Write the restored images to DIR/eval/<name>/.")
   flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: config.eval.batch_size.")
   flags.DEFINE_enum("canvas", "bucket", ["bucket", "max"],
@@ -81,13 +88,14 @@ def unclaimed_name(out_dir: str, name: str, dataset: str) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
   m = report["means"]
+  inp = "bicubic upsampling (input)" if report.get("scale", 1) > 1 else "input"
   out = [f"# Evaluation of {report['workdir']} on {report['dataset']}", "",
          f"{report['num_images']} images, metrics as BasicSR computes them: crop_border="
          f"{report['crop_border']}, test_y_channel={report['test_y_channel']}, restored images rounded "
          "to 8 bits; means over images.", "",
          "| | PSNR (dB) | SSIM |", "| --- | --- | --- |",
          f"| restored | {m['psnr']:.4f} | {m['ssim']:.4f} |",
-         f"| input | {m['input_psnr']:.4f} | {m['input_ssim']:.4f} |", "",
+         f"| {inp} | {m['input_psnr']:.4f} | {m['input_ssim']:.4f} |", "",
          "| image | size | PSNR | SSIM | input PSNR | input SSIM |", "| --- | --- | --- | --- | --- | --- |"]
   for r in report["per_image"]:
     out.append(f"| {r['name']} | {r['height']}x{r['width']} | {r['psnr']:.4f} | {r['ssim']:.4f} | "
@@ -95,10 +103,13 @@ def markdown(report: dict[str, Any]) -> str:
   return "\n".join(out) + "\n"
 
 
-def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0,
-                 test_y_channel: bool = False, save_outputs: bool = False, batch_size: int = 0,
+def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optional[int] = None,
+                 test_y_channel: Optional[bool] = None, save_outputs: bool = False, batch_size: int = 0,
                  canvas: str = "bucket", name: Optional[str] = None) -> dict[str, Any]:
-  """Evaluates the run in `workdir` on `dataset`, writes DIR/eval/<name>.{json,md} and returns the report."""
+  """Evaluates the run in `workdir` on `dataset`, writes DIR/eval/<name>.{json,md} and returns the report.
+
+  `crop_border` / `test_y_channel` None: 0 / False for restoration, scale / True for super-resolution.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from restorejax.evaluation import datasets, evaluator, restorer  # pylint: disable=g-import-not-at-top
@@ -106,6 +117,8 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0
   start = time.time()
   datasets.parse(dataset)  # a misspelt spec fails before the checkpoint is read
   run = restorer.load(workdir)
+  crop_border = (run.scale if run.scale > 1 else 0) if crop_border is None else crop_border
+  test_y_channel = run.scale > 1 if test_y_channel is None else test_y_channel
   m, batch_sh = restorer.mesh_and_sharding(run.config)
   shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
   if batch_size:
@@ -115,18 +128,18 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: int = 0
     batch_size = -(-run.config.eval.batch_size // shards) * shards
   out_dir = os.path.join(workdir, "eval")
   name = name or unclaimed_name(out_dir, output_name(dataset, crop_border, test_y_channel), dataset)
-  examples = datasets.build(dataset, run.config)
+  examples = datasets.build(dataset, run.config, scale=run.scale)
   ev = evaluator.Evaluator(
       run.apply, m, batch_sh, examples, batch_size=batch_size, multiple=run.multiple,
       pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas,
-      cache=False,
+      cache=False, scale=run.scale,
       save_dir=os.path.join(out_dir, name) if save_outputs else None)
   result = ev(restorer.place_params(run.params, run.config, m))
   logging.info("Process %d loaded %d of the %d images.", jax.process_index(), ev.decoded, len(examples))
   report = {
       "workdir": os.path.abspath(workdir), "dataset": dataset, "folders": folders_of(dataset), "name": name,
       "num_images": len(result.per_image),
-      **evaluator.conventions(crop_border, test_y_channel),
+      **evaluator.conventions(crop_border, test_y_channel, run.scale),
       "canvas": canvas, "canvases": [list(c) for c in ev.canvases], "batch_size": batch_size,
       "devices": jax.device_count(), "processes": jax.process_count(),
       "wall_time_s": time.time() - start,
@@ -157,15 +170,16 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
   cli.initialize_distributed()
   try:
-    report = evaluate_run(FLAGS.workdir, FLAGS.dataset, crop_border=FLAGS.crop_border,
-                          test_y_channel=FLAGS.test_y_channel, save_outputs=FLAGS.save_outputs,
+    given = lambda flag: FLAGS[flag].value if FLAGS[flag].present else None
+    report = evaluate_run(FLAGS.workdir, FLAGS.dataset, crop_border=given("crop_border"),
+                          test_y_channel=given("test_y_channel"), save_outputs=FLAGS.save_outputs,
                           batch_size=FLAGS.batch_size, canvas=FLAGS.canvas, name=FLAGS.name or None)
   except ValueError as e:  # images.ImageError is one
     cli.fail(str(e))
   m = report["means"]
   logging.info("%s on %s (%d images, crop_border=%d, test_y_channel=%s): PSNR %.4f dB, SSIM %.4f "
                "(input %.4f dB, %.4f); wrote %s", FLAGS.workdir, FLAGS.dataset, report["num_images"],
-               FLAGS.crop_border, FLAGS.test_y_channel, m["psnr"], m["ssim"], m["input_psnr"],
+               report["crop_border"], report["test_y_channel"], m["psnr"], m["ssim"], m["input_psnr"],
                m["input_ssim"], os.path.join(FLAGS.workdir, "eval", report["name"] + ".json"))
 
 

@@ -3,8 +3,8 @@
     restorejax-restore --workdir=DIR in.png [more files or folders] --out=OUTDIR
         [--prior=p.png|PRIOR_DIR] [--tile=512] [--overlap=64] [--tile_batch=1]
 
-Each input is written to OUTDIR/<stem>.png with its own size (times the scale of a super-resolution
-network), bit depth (16-bit in, 16-bit out) and colour mode: a grey image runs through the network as
+Each input is written to OUTDIR/<stem>.png with its own size (exactly `scale` times it for a
+super-resolution network, whose tiles `--tile` / `--overlap` are in input (LR) pixels), bit depth (16-bit in, 16-bit out) and colour mode: a grey image runs through the network as
 three equal channels and comes back as the luminance (BT.601) of the restored RGB (clipped to [0, 1]);
 an alpha channel is re-attached unchanged. A folder stands for the image files directly in it.
 `--prior` is one prior image (with one input) or a folder of priors paired by stem; a prior is resized

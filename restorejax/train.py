@@ -75,7 +75,7 @@ def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Ar
 def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
   """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
-  degrade_fn = degrade.from_config(config.data.degrade)
+  degrade_fn = degrade.from_config(config.data.degrade, config.data.get("scale", 1))
   key = data_key(config, "train")
   ema_decay = config.optim.ema_decay
 

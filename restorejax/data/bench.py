@@ -85,7 +85,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3, 
 
   targets = jnp.asarray(np.random.default_rng(0).random((b, p, p, 3), np.float32))
   keys = jax.random.split(jax.random.PRNGKey(0), b)
-  degrade_fn = degrade.from_config(config.data.degrade)
+  degrade_fn = degrade.from_config(config.data.degrade, config.data.get("scale", 1))
   per_call, compile_s = _time_device(jax.vmap(degrade_fn), (keys, targets), steps)
   result.update(degrade_triples_per_s=b / per_call, degrade_compile_s=compile_s)
 

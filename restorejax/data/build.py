@@ -1,7 +1,7 @@
 """Folders of images -> a triple dataset (ArrayRecord shards, see `records`), with a report of every file.
 
     python -m restorejax.data.build --degraded DIR --target DIR [--prior DIR] --out PATH
-        [--min-size N] [--task NAME] [--records-per-shard K] [--workers W]
+        [--scale S] [--min-size N] [--task NAME] [--records-per-shard K] [--workers W]
         [--degraded-key REGEX] [--target-key REGEX] [--prior-key REGEX] [--tile S [--tile-step T]]
 
 `--target DIR` alone builds a target-only dataset (the trainer synthesises degradations on the device).
@@ -18,6 +18,14 @@ Images are stored as 8-bit RGB; every conversion is listed in the report (`16-bi
 `greyscale -> RGB`, `alpha channel dropped`). A prior of another size or aspect is resized to the
 target's size with Pillow's bicubic filter (`resized HxW -> HxW (bicubic)` in the report); its content
 misalignment stays, as it should. Degraded and target images must have the same size.
+
+Super-resolution (`--scale S`, S > 1): `--degraded` holds the LR images, each exactly 1/S of its target
+after the target is cropped at its bottom / right to multiples of S (BasicSR's mod crop, listed in the
+report's `converted` as `mod-cropped HxW -> HxW (multiple of scale S)`); an LR file of any other size is
+skipped with `LR/HR size mismatch for scale S (...)`. LR names may carry the scale suffix of DIV2K and
+BasicSR's `filename_tmpl` (`0001x2.png` pairs with `0001.png` at --scale 2) or be the target's stem.
+Records keep the LR image as `degraded` and `dataset_info.json` records `scale`; `--tile` and
+`--tile-step` must then be multiples of S (LR tiles are the HR tiles / S).
 
 Large images (DIV2K's 2K pictures take ~0.1 s each to decode) can be stored as overlapping sub-images
 (`--tile 480 --tile-step 240`, BasicSR's recipe), so that a training crop decodes a small tile instead of
@@ -68,6 +76,31 @@ SIDES = ("degraded", "target", "prior")
 REPORT_FILE = "report.json"
 
 
+def lr_key(stem: str, scale: int) -> str:
+  """The pairing key of an LR file's stem: DIV2K / BasicSR names (`0001x2` for HR `0001`, BasicSR's
+  `filename_tmpl='{}x2'`) lose their scale suffix; any other stem is its own key."""
+  suffix = f"x{scale}"
+  if scale > 1 and stem.lower().endswith(suffix) and len(stem) > len(suffix):
+    return stem[:-len(suffix)]
+  return stem
+
+
+def sr_sizes(lr_hw: tuple[int, int], hr_hw: tuple[int, int], scale: int) -> tuple[Optional[tuple[int, int]],
+                                                                                  Optional[str]]:
+  """Checks an LR/HR pair of super-resolution (`scale` > 1): -> (the HR size to mod-crop to, problem).
+
+  The LR image must be exactly 1/scale of the HR image after BasicSR's mod crop (the HR sides cut down
+  to multiples of the scale); `problem` names the mismatch, else None.
+  """
+  h, w = hr_hw
+  crop = (h - h % scale, w - w % scale)
+  want = (crop[0] // scale, crop[1] // scale)
+  if tuple(lr_hw) != want:
+    return None, (f"LR/HR size mismatch for scale {scale} (degraded {lr_hw[0]}x{lr_hw[1]}, target {h}x{w}; "
+                  f"x{scale} needs degraded {want[0]}x{want[1]})")
+  return crop, None
+
+
 @dataclasses.dataclass(frozen=True)
 class Pairing:
   """The examples found in the folders (`examples`: name -> {side: path}) and the files left out."""
@@ -86,8 +119,8 @@ def _key_of(stem: str, pattern: Optional[re.Pattern]) -> Optional[str]:
   return m.group(1) if m.groups() else m.group(0)
 
 
-def _scan(directory: str, side: str, pattern: Optional[re.Pattern], skipped: dict[str, str]
-          ) -> dict[str, list[tuple[str, str]]]:
+def _scan(directory: str, side: str, pattern: Optional[re.Pattern], skipped: dict[str, str],
+          scale: int = 1) -> dict[str, list[tuple[str, str]]]:
   """{key: [(stem, path), ...]} of the image files of one folder; everything else goes to `skipped`."""
   by_stem: dict[str, list[str]] = {}
   for entry in sorted(os.listdir(directory)):
@@ -113,15 +146,18 @@ def _scan(directory: str, side: str, pattern: Optional[re.Pattern], skipped: dic
     if key is None:
       skipped[paths[0]] = f"name does not match --{side}-key {pattern.pattern!r}"
       continue
+    if side == "degraded" and pattern is None:
+      key = lr_key(key, scale)
     by_key.setdefault(key, []).append((stem, paths[0]))
   return by_key
 
 
-def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None) -> Pairing:
-  """Matches the files of the `dirs` ({side: folder}, `target` required) into examples (module doc)."""
+def pair(dirs: dict[str, str], keys: Optional[dict[str, str]] = None, scale: int = 1) -> Pairing:
+  """Matches the files of the `dirs` ({side: folder}, `target` required) into examples (module doc);
+  with `scale` > 1, LR stems with the scale suffix (`0001x2`) pair with the target's stem."""
   keys = keys or {}
   skipped: dict[str, str] = {}
-  found = {side: _scan(d, side, re.compile(keys[side]) if keys.get(side) else None, skipped)
+  found = {side: _scan(d, side, re.compile(keys[side]) if keys.get(side) else None, skipped, scale)
            for side, d in dirs.items()}
   unique: dict[str, dict[str, str]] = {}
   for side in ("target", "prior"):
@@ -193,13 +229,14 @@ def tile_origins(length: int, tile: int, step: int) -> list[int]:
 
 
 def load(name: str, files: dict[str, str], *, min_size: int = 0, task: Optional[str] = None,
-         encode: bool = True, tile: int = 0, tile_step: int = 0) -> Outcome:
+         encode: bool = True, tile: int = 0, tile_step: int = 0, scale: int = 1) -> Outcome:
   """Reads and converts one example's files; on failure every one of its files gets a reason.
 
   `summary` holds the uint8 RGB arrays (`images`) and the facts `records.write` needs. With `encode`,
   `records` holds the encoded record(s): one, or with `tile` > 0 one per `tile` x `tile` sub-image
   every `tile_step` pixels (named `<name>_y<Y>_x<X>`, with a `tile` field [y, x, h, w]), which makes
-  random crops of large images cheap to decode.
+  random crops of large images cheap to decode. With `scale` > 1 the degraded image is the LR one
+  (module doc: checked against the mod-cropped target, tiles cut at the target's tile / scale).
   """
   out = Outcome()
   pixels, sizes = {}, {}
@@ -220,9 +257,16 @@ def load(name: str, files: dict[str, str], *, min_size: int = 0, task: Optional[
       out.converted[files[side]] = notes
   target = pixels["target"]
   problem = None
-  if "degraded" in pixels and pixels["degraded"].shape != target.shape:
+  if scale > 1:
+    crop, problem = sr_sizes(pixels["degraded"].shape[:2], target.shape[:2], scale) if "degraded" in pixels \
+        else ((target.shape[0] - target.shape[0] % scale, target.shape[1] - target.shape[1] % scale), None)
+    if crop is not None and crop != target.shape[:2]:
+      out.converted.setdefault(files["target"], []).append(
+          f"mod-cropped {_hw(target)} -> {crop[0]}x{crop[1]} (multiple of scale {scale})")
+      target = pixels["target"] = target[:crop[0], :crop[1]]
+  if problem is None and scale == 1 and "degraded" in pixels and pixels["degraded"].shape != target.shape:
     problem = f"degraded/target size mismatch (degraded {_hw(pixels['degraded'])}, target {_hw(target)})"
-  elif min(target.shape[:2]) < min_size:
+  elif problem is None and min(target.shape[:2]) < min_size:
     problem = f"smaller than --min-size={min_size} ({_hw(target)})"
   if problem:
     out.skipped = {p: problem for p in files.values()}
@@ -247,7 +291,9 @@ def load(name: str, files: dict[str, str], *, min_size: int = 0, task: Optional[
   else:
     for y in tile_origins(h, tile, tile_step or tile):
       for x in tile_origins(w, tile, tile_step or tile):
-        crops = {k: v[y:y + tile, x:x + tile] for k, v in pixels.items()}
+        crops = {k: v[y:y + tile, x:x + tile] for k, v in pixels.items() if k != "degraded"}
+        if "degraded" in pixels:
+          crops["degraded"] = pixels["degraded"][y // scale:(y + tile) // scale, x // scale:(x + tile) // scale]
         th, tw = crops["target"].shape[:2]
         rec = records.encode({"name": f"{name}_y{y}_x{x}", **crops, **common, "tile": [y, x, th, tw]})
         out.records.append((rec, {**out.summary, "size": (th, tw), "images": None}))
@@ -300,12 +346,14 @@ def _swap_in(new: str, out: str) -> None:
 
 def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = None, min_size: int = 0,
           task: Optional[str] = None, records_per_shard: int = 256, workers: int = 1, tile: int = 0,
-          tile_step: int = 0) -> dict:
+          tile_step: int = 0, scale: int = 1) -> dict:
   """Builds the dataset in `out` and writes `out/report.json`; returns the report (plus `info`).
 
   The dataset is written next to `out` and swapped in when complete (module doc); ValueError when `out`
   holds files that are not part of a dataset.
   """
+  if int(scale) != scale or scale < 1 or (tile or tile_step) and (tile % scale or tile_step % scale):
+    raise ValueError(f"scale={scale}: need a positive integer dividing --tile={tile} and --tile-step={tile_step}")
   out = os.path.abspath(out)
   foreign = foreign_files(out)
   if foreign:
@@ -317,7 +365,8 @@ def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = No
     shutil.rmtree(staging)
   try:
     report = _build_into(staging, dirs, keys=keys, min_size=min_size, task=task,
-                         records_per_shard=records_per_shard, workers=workers, tile=tile, tile_step=tile_step)
+                         records_per_shard=records_per_shard, workers=workers, tile=tile, tile_step=tile_step,
+                         scale=scale)
     _swap_in(staging, out)
   finally:
     if os.path.lexists(staging):
@@ -326,8 +375,9 @@ def build(dirs: dict[str, str], out: str, *, keys: Optional[dict[str, str]] = No
 
 
 def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]], min_size: int,
-                task: Optional[str], records_per_shard: int, workers: int, tile: int, tile_step: int) -> dict:
-  pairing = pair(dirs, keys)
+                task: Optional[str], records_per_shard: int, workers: int, tile: int, tile_step: int,
+                scale: int) -> dict:
+  pairing = pair(dirs, keys, scale)
   skipped = dict(pairing.skipped)
   converted: dict[str, list[str]] = {}
   used: set[str] = set()
@@ -335,7 +385,7 @@ def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]
 
   def good_records():
     for name, outcome in load_all(pairing, workers=workers, min_size=min_size, task=task, tile=tile,
-                                  tile_step=tile_step):
+                                  tile_step=tile_step, scale=scale):
       if not outcome.records:
         for path, reason in outcome.skipped.items():
           # a file's own failure wins over "partner unusable" from another example
@@ -349,6 +399,8 @@ def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]
       yield from outcome.records
 
   extra = {"tile": {"size": tile, "step": tile_step or tile}} if tile else {}
+  if scale > 1:
+    extra["scale"] = int(scale)
   info = records.write(out, good_records(), records_per_shard=records_per_shard, extra_info=extra)
   report = {
       "written": info["count"],
@@ -366,6 +418,7 @@ def _build_into(out: str, dirs: dict[str, str], *, keys: Optional[dict[str, str]
 
 _REASON_KINDS = ("no partner", "partner unusable", "ambiguous", "not an image", "empty file", "truncated",
                  "unreadable", "cannot be read", "smaller than", "degraded/target size mismatch",
+                 "LR/HR size mismatch",
                  "name does not match", "a folder")
 
 
@@ -424,6 +477,10 @@ def _check_args(args) -> dict[str, str]:
     fail(f"--tile={args.tile} --tile-step={args.tile_step}: need tile > 0 for a step, both >= 0")
   if args.min_size < 0:
     fail(f"--min-size={args.min_size}: must be >= 0")
+  if args.scale < 1:
+    fail(f"--scale={args.scale}: must be >= 1")
+  if args.scale > 1 and (args.tile % args.scale or args.tile_step % args.scale):
+    fail(f"--tile={args.tile} --tile-step={args.tile_step}: must be multiples of --scale={args.scale}")
   out = os.path.abspath(args.out)
   for d in dirs.values():
     if os.path.abspath(d) == out:
@@ -449,6 +506,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                       help="skip examples whose target is smaller than this on either side (default 0: keep "
                            "all; give your training patch size so that no crop can fail)")
   parser.add_argument("--task", help="task label stored in every record (e.g. dehaze)")
+  parser.add_argument("--scale", type=int, default=1,
+                      help="super-resolution factor: --degraded holds LR images 1/SCALE of their targets "
+                           "(DIV2K names such as 0001x4.png pair with 0001.png); default 1: restoration")
   parser.add_argument("--records-per-shard", type=int, default=256)
   parser.add_argument("--workers", type=int, default=1, help="processes reading and encoding images")
   parser.add_argument("--tile", type=int, default=0,
@@ -467,7 +527,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   try:
     report = build(dirs, args.out, keys=keys, min_size=args.min_size, task=args.task,
                    records_per_shard=args.records_per_shard, workers=args.workers, tile=args.tile,
-                   tile_step=args.tile_step)
+                   tile_step=args.tile_step, scale=args.scale)
   except ValueError as e:  # --out holding other files; nothing was changed
     fail(f"--out={args.out}: {e}")
   print(summary_text(report, args.out))

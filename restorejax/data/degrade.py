@@ -14,6 +14,8 @@ Conventions of the individual degradations:
 - `jpeg`: libjpeg-compatible round trip, 4:2:0 chroma, quality 1..100 traced (see `restorejax.data.jpeg`).
 - `bicubic_downup`: MATLAB `imresize` bicubic (a = -0.5, antialiased) down by an integer factor and
   back up (see `restorejax.data.resize`); the factor is traced among a static set.
+- `bicubic_downsample`: MATLAB `imresize(x, 1/scale, 'bicubic')` (antialiased), the low-resolution
+  input of super-resolution; the image's sides must be multiples of the static `scale`.
 - `rain`: MiOIR's recipe: sparse seeds (per-pixel probability `density` / 25600, as MiOIR thresholds
   uniform 0..256 noise at 256 - density / 100) convolved with a line of `length` pixels at `angle`
   degrees counter-clockwise from vertical, widened by the Gaussian that OpenCV uses for a `width` x
@@ -27,8 +29,19 @@ Conventions of the individual degradations:
 ranges of MiOIR (`RANGES`) and returns the degraded image and a task id: bit i of the id is set when
 `OPS[i]` was applied (blur + noise = 2**3 + 2**6 = 72). `task_name(id)` turns it into "blur+noise".
 
-`from_config(cfg)` turns a `config.data.degrade` block into `fn(key, image) -> degraded`, the one entry
-point the trainer uses; `from_config_with_task(cfg)` gives `fn(key, image) -> (degraded, task_id)`.
+`from_config(cfg, scale)` turns a `config.data.degrade` block into `fn(key, image) -> degraded`, the one
+entry point the trainer uses; `from_config_with_task(cfg, scale)` gives `fn(key, image) -> (degraded,
+task_id)`. `scale` is `config.data.scale`: with scale > 1 (super-resolution) the recipe must take a
+`scale` option (the 'sr' recipe) and returns an image `scale` times smaller.
+
+Super-resolution (`sr`, `super_resolution`): the high-resolution patch is cropped on the host and the
+low-resolution input made here, in one of two orders (every step optional but the downsampling; each
+step's output rounded to 8 bits like the other recipes):
+- 'classical' (the SR papers' `y = (x * k)|s + n`, then JPEG): Gaussian blur -> bicubic downsample by
+  `scale` -> Gaussian noise -> JPEG. With no blur, noise or JPEG it is plain bicubic SR (BasicSR's
+  DIV2K `x2`/`x4` LR images).
+- 'realworld' (Real-ESRGAN's second-order model, at fixed shapes): blur -> downsample -> noise -> JPEG,
+  then a second round at the low resolution: blur -> noise -> JPEG, with the same ranges.
 
 Cost under `jax.vmap`: every enabled op of `mixed` runs for every example (masked selects), so a batch
 pays for all of them. The dearest by far is Poisson sampling (`jax.random.poisson`'s rejection loop:
@@ -131,6 +144,18 @@ def bicubic_downup(image: jnp.ndarray, factor, *, factors: tuple[int, ...] = (2,
   mh = jnp.asarray(np.stack([resize.downup_matrix(h, f) for f in factors]), image.dtype)[i]
   mw = jnp.asarray(np.stack([resize.downup_matrix(w, f) for f in factors]), image.dtype)[i]
   return jnp.einsum("oh,hwc,pw->opc", mh, image, mw, precision="highest")
+
+
+def bicubic_downsample(image: jnp.ndarray, scale: int) -> jnp.ndarray:
+  """MATLAB `imresize(image, 1/scale, 'bicubic')` (antialiased) of one HWC image; sides multiples of `scale`."""
+  h, w, _ = image.shape
+  if int(scale) != scale or scale < 1:
+    raise ValueError(f"scale: need a positive integer, got {scale!r}")
+  if h % scale or w % scale:
+    raise ValueError(f"scale: a {h}x{w} image cannot be downsampled by {scale} (sides must be multiples)")
+  if scale == 1:
+    return image
+  return resize.bicubic_resize(image, (h // scale, w // scale), scale=1.0 / scale)
 
 
 def rain_kernel(width, length, angle) -> jnp.ndarray:
@@ -390,10 +415,47 @@ def _blur_noise_task(key, image, *, blur_sigma=(0.2, 2.0), noise_sigma=(5.0, 30.
   return out, jnp.int32(1 << OPS.index("blur") | 1 << OPS.index("noise"))
 
 
+SR_ORDERS = ("classical", "realworld")
+
+
+def super_resolution(key, image, *, scale: int = 1, order: str = "classical", blur_sigma=(0.0, 0.0),
+                     noise_sigma=(0.0, 0.0), jpeg_quality=(0, 0)) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The SR input of an HR image (see the module docstring): -> (LR image `scale` x smaller, task id).
+
+  `blur_sigma` (pixels of the HR image in the first round), `noise_sigma` (0..255) and `jpeg_quality`
+  are (low, high) ranges sampled uniformly per example; a range whose high end is 0 switches its step
+  off (not built at all). Task id bits: blur, downup (the downsampling), noise, jpeg.
+  """
+  if order not in SR_ORDERS:
+    raise ValueError(f"order: unknown SR degradation order {order!r} (known: {', '.join(SR_ORDERS)})")
+  for name, value in (("blur_sigma", blur_sigma), ("noise_sigma", noise_sigma), ("jpeg_quality", jpeg_quality)):
+    if len(value) != 2 or value[0] > value[1] or value[0] < 0:
+      raise ValueError(f"{name}: need (low, high) with 0 <= low <= high, got {tuple(value)}")
+  if jpeg_quality[1] > 100 or 0 < jpeg_quality[1] and jpeg_quality[0] < 1:
+    raise ValueError(f"jpeg_quality: need 1 <= low <= high <= 100 (or (0, 0): off), got {tuple(jpeg_quality)}")
+  rounds = 2 if order == "realworld" else 1
+  u = jax.random.uniform(jax.random.fold_in(key, 0), (rounds, 3))
+  x = image
+  for r in range(rounds):
+    k_noise = jax.random.fold_in(key, 1 + r)
+    if blur_sigma[1] > 0:
+      x = quantize(gaussian_blur(x, _lerp(u[r, 0], blur_sigma)))
+    if r == 0:
+      x = quantize(bicubic_downsample(x, scale))
+    if noise_sigma[1] > 0:
+      x = quantize(gaussian_noise(k_noise, x, _lerp(u[r, 1], noise_sigma)))
+    if jpeg_quality[1] > 0:
+      x = jpeg(x, _pick(u[r, 2], (int(jpeg_quality[0]), int(jpeg_quality[1]))))
+  bits = [name for name, on in (("blur", blur_sigma[1] > 0), ("downup", scale > 1),
+                                ("noise", noise_sigma[1] > 0), ("jpeg", jpeg_quality[1] > 0)) if on]
+  return x, jnp.int32(sum(1 << OPS.index(b) for b in bits))
+
+
 # name -> recipe(key, image, **options) -> (degraded, task id). The options are the recipe's keywords.
 RECIPES = {
     "blur_noise": _blur_noise_task,
     "mixed": mixed,
+    "sr": super_resolution,
 }
 
 
@@ -409,12 +471,26 @@ def _plain(value):
   return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
-def from_config_with_task(cfg) -> Callable[[jax.Array, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]:
+def _same_size_recipe(name: str, scale: int) -> Callable:
+  def fail(key, image):
+    del key, image
+    raise ValueError(f"config.data.degrade.name: {name!r} keeps the image size, but config.data.scale="
+                     f"{scale} needs a low-resolution input; use --config.data.degrade.name=sr")
+  return fail
+
+
+def from_config_with_task(cfg, scale: int = 1) -> Callable[[jax.Array, jnp.ndarray],
+                                                           tuple[jnp.ndarray, jnp.ndarray]]:
   """`config.data.degrade` -> `fn(key, image) -> (degraded, task id)`; `name` picks a recipe.
 
   The other fields are the recipe's options; unknown or invalid ones raise a one-line ValueError naming
   the field (checked here by tracing the recipe once on a small image, not at the first train step).
+  `scale` (`config.data.scale`) goes to recipes that take it ('sr'); with scale > 1 a recipe that keeps
+  the size gives a function that raises when used (a source holding LR images never calls it).
   """
+  if int(scale) != scale or scale < 1:
+    raise ValueError(f"config.data.scale: need a positive integer, got {scale!r}")
+  scale = int(scale)
   if "name" not in cfg:
     raise ValueError("config.data.degrade.name: missing (the degradation recipe to use)")
   if cfg["name"] not in RECIPES:
@@ -423,13 +499,19 @@ def from_config_with_task(cfg) -> Callable[[jax.Array, jnp.ndarray], tuple[jnp.n
   recipe = RECIPES[cfg["name"]]
   options = {k: _plain(v) for k, v in cfg.items() if k != "name"}
   known = [n for n, p in inspect.signature(recipe).parameters.items() if p.kind == p.KEYWORD_ONLY]
+  if "scale" in options and "scale" in known:
+    raise ValueError("config.data.degrade.scale: set config.data.scale instead (the data's SR factor)")
   for k in options:
     if k not in known:
       raise ValueError(f"config.data.degrade.{k}: unknown option for {cfg['name']!r} "
                        f"(known: {', '.join(known)})")
+  if "scale" in known:
+    options["scale"] = scale
+  elif scale > 1:
+    return _same_size_recipe(cfg["name"], scale)
   fn = lambda key, image: recipe(key, image, **options)
   try:
-    jax.eval_shape(fn, jax.random.key(0), jax.ShapeDtypeStruct((16, 16, 3), jnp.float32))
+    jax.eval_shape(fn, jax.random.key(0), jax.ShapeDtypeStruct((16 * scale, 16 * scale, 3), jnp.float32))
   except ValueError as e:
     raise ValueError(f"config.data.degrade.{e}") from None
   except (TypeError, IndexError) as e:  # e.g. a range that is not two numbers
@@ -439,7 +521,8 @@ def from_config_with_task(cfg) -> Callable[[jax.Array, jnp.ndarray], tuple[jnp.n
   return fn
 
 
-def from_config(cfg: ml_collections.ConfigDict) -> Callable[[jax.Array, jnp.ndarray], jnp.ndarray]:
-  """`config.data.degrade` -> `fn(key, image)`; the block's `name` picks a recipe, the rest are its options."""
-  fn = from_config_with_task(cfg)
+def from_config(cfg: ml_collections.ConfigDict, scale: int = 1) -> Callable[[jax.Array, jnp.ndarray], jnp.ndarray]:
+  """`config.data.degrade` -> `fn(key, image)`; the block's `name` picks a recipe, the rest are its options
+  (`scale`: `config.data.scale`, see `from_config_with_task`)."""
+  fn = from_config_with_task(cfg, scale)
   return lambda key, image: fn(key, image)[0]

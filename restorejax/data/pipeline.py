@@ -25,6 +25,12 @@ synthesises a prior from the target on the device (`restorejax.data.priors.simul
 Host batches are dicts of numpy arrays leading with the per-process batch dimension: `target` uint8
 (B, P, P, 3); `degraded` / `prior` uint8 of the same shape when the source has them; `index` int64 (B,);
 `task` int32 (B,) when the source has task labels; `prior_severity` float32 (B,) for simulated priors.
+
+Super-resolution (`config.data.scale` = s > 1; 1 is restoration): `target` is the HR patch (P a multiple
+of s); a source's `degraded` is the LR image, exactly 1/s of its target (the dataset builder pairs and
+mod-crops them), cropped at (y/s, x/s) with size P/s so that the LR patch is the HR patch / s, and
+flipped / rotated with it: `degraded` (B, P/s, P/s, 3). Without one, the trainer makes it on the device
+(`restorejax.data.degrade`, recipe 'sr'). Held-out targets are mod-cropped to multiples of s.
 """
 
 import dataclasses
@@ -271,22 +277,29 @@ class CropAndAugment(grain.transforms.Map):
   patch: int
   seed: int
   augment: bool = True
+  scale: int = 1          # super-resolution: `degraded` is 1/scale of the target, cropped aligned
 
   def map(self, example: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng([self.seed, 7, int(example["index"])])
     images = {k: example[k] for k in IMAGE_KEYS if k in example}
     h, w = images["target"].shape[:2]
     name = example.get("name", example["index"])
+    s = self.scale
     if h < self.patch or w < self.patch:
       raise ValueError(f"image {name} is {h}x{w}, smaller than config.data.patch_size={self.patch}")
     for k, im in images.items():
-      if im.shape[:2] != (h, w):
-        raise ValueError(f"image {name}: {k} is {im.shape[0]}x{im.shape[1]}, target is {h}x{w}")
-    y, x = rng.integers(0, h - self.patch + 1), rng.integers(0, w - self.patch + 1)
+      want = (h // s, w // s) if k == "degraded" else (h, w)
+      if im.shape[:2] != want:
+        raise ValueError(f"image {name}: {k} is {im.shape[0]}x{im.shape[1]}, expected {want[0]}x{want[1]} "
+                         f"(target {h}x{w}, config.data.scale={s})")
+    # Positions on the LR grid (multiples of s in the HR image), so that LR patch = HR patch / s.
+    y = s * rng.integers(0, (h - self.patch) // s + 1)
+    x = s * rng.integers(0, (w - self.patch) // s + 1)
     flip, rot = (rng.integers(0, 2), rng.integers(0, 4)) if self.augment else (0, 0)
     out = {"index": np.int64(example["index"])}
     for k, im in images.items():
-      im = im[y:y + self.patch, x:x + self.patch]
+      f = s if k == "degraded" else 1
+      im = im[y // f:(y + self.patch) // f, x // f:(x + self.patch) // f]
       im = im[:, ::-1] if flip else im
       out[k] = np.ascontiguousarray(np.rot90(im, rot))
     out.update({k: example[k] for k in PASSTHROUGH if k in example})
@@ -297,9 +310,24 @@ def _add_index(index: int, example: dict[str, Any]) -> dict[str, Any]:
   return {**example, "index": index}
 
 
+def scale(config: ml_collections.ConfigDict) -> int:
+  """`config.data.scale` (1 when absent: restoration), checked against the patch size."""
+  s = config.data.get("scale", 1)
+  if int(s) != s or s < 1:
+    raise ValueError(f"config.data.scale: need a positive integer, got {s!r}")
+  if config.data.patch_size % s:
+    raise ValueError(f"config.data.patch_size={config.data.patch_size} is not a multiple of "
+                     f"config.data.scale={s} (the LR patch is patch_size / scale)")
+  return int(s)
+
+
 def _check_patch(config: ml_collections.ConfigDict, src) -> None:
   for _, component, _, _ in getattr(src, "components", ()):
     _check_patch(config, component)
+  src_scale = getattr(src, "scale", None)
+  if src_scale is not None and src_scale != scale(config):
+    raise ValueError(f"config.data.scale={scale(config)}, but the degraded images of {src!r} are 1/{src_scale} "
+                     f"of their targets (built with --scale {src_scale}); set --config.data.scale={src_scale}")
   sizes = getattr(src, "sizes", None)
   p = config.data.patch_size
   if sizes and len(src) and min(sizes["min"]) < p:
@@ -331,7 +359,7 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
   ds = ds.map_with_index(_add_index)
   ds = ds[process_index::process_count]
   ds = ds.map(Decode(keys=keys, seed=config.seed, severity=simulated_severity(config, keys)))
-  ds = ds.map(CropAndAugment(patch=cfg.patch_size, seed=config.seed))
+  ds = ds.map(CropAndAugment(patch=cfg.patch_size, seed=config.seed, scale=scale(config)))
   ds = ds.batch(cfg.batch_size // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=2))
   if cfg.num_workers > 0:
@@ -344,9 +372,11 @@ def train_dataset(config: ml_collections.ConfigDict, *, process_index: int = 0,
 def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
   """Zero arrays shaped like a host batch of `batch_size` from `train_dataset` (for compiling ahead)."""
   p = config.data.patch_size
+  s = scale(config)
   src = source(config.data, "train")
   keys = image_keys(config, src)
-  spec = {k: np.zeros((batch_size, p, p, 3), np.uint8) for k in keys}
+  spec = {k: np.zeros((batch_size,) + ((p // s, p // s) if k == "degraded" else (p, p)) + (3,), np.uint8)
+          for k in keys}
   spec["index"] = np.zeros((batch_size,), np.int64)
   if getattr(src, "has_task", False):
     spec["task"] = np.zeros((batch_size,), np.int32)
@@ -357,11 +387,12 @@ def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, 
   return spec
 
 
-def _centre_crop(image: np.ndarray, size: int, name: Any) -> np.ndarray:
+def _centre_crop(image: np.ndarray, size: int, name: Any, factor: int = 1) -> np.ndarray:
+  """The centre `size` crop, its offset a multiple of `factor` (the SR scale: LR and HR crops align)."""
   h, w = image.shape[:2]
   if h < size or w < size:
     raise ValueError(f"eval image {name} is {h}x{w}, smaller than config.data.eval_crop={size}")
-  y, x = (h - size) // 2, (w - size) // 2
+  y, x = factor * ((h // factor - size // factor) // 2), factor * ((w // factor - size // factor) // 2)
   return image[y:y + size, x:x + size]
 
 
@@ -369,9 +400,14 @@ def eval_examples(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The held-out set as host arrays (`target` uint8 (N, H, W, 3), ..., `index`), the same on every host.
 
   Full images when they all have one size; `config.data.eval_crop` > 0 takes centre crops of that size
-  (for sets of mixed sizes); `config.data.eval_max_images` > 0 keeps only the first ones.
+  (for sets of mixed sizes); `config.data.eval_max_images` > 0 keeps only the first ones. With
+  `config.data.scale` s > 1, targets are mod-cropped to multiples of s (bottom / right, as BasicSR) and a
+  source's `degraded` must be 1/s of them (its crops are the target's / s).
   """
   cfg = config.data
+  s = cfg.get("scale", 1)
+  if cfg.get("eval_crop", 0) % s:
+    raise ValueError(f"config.data.eval_crop={cfg.eval_crop} is not a multiple of config.data.scale={s}")
   src = source(cfg, "eval")
   keys = image_keys(config, src)
   decode = Decode(keys=keys, seed=config.seed + _EVAL_SEED_OFFSET, severity=simulated_severity(config, keys))
@@ -383,11 +419,16 @@ def eval_examples(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   for i in range(n):
     ex = decode.map({**src[i], "index": i})
     name = ex.pop("name", i)
+    if s > 1:
+      h, w = ex["target"].shape[:2]
+      ex.update({k: ex[k][:h - h % s, :w - w % s] for k in keys if k != "degraded"})
     if crop:
-      ex.update({k: _centre_crop(ex[k], crop, name) for k in keys})
-    shapes = {k: ex[k].shape for k in keys}
+      ex.update({k: _centre_crop(ex[k], crop // s, name) if k == "degraded" else
+                 _centre_crop(ex[k], crop, name, s) for k in keys})
+    shapes = {k: ex[k].shape[:2] if k != "degraded" else tuple(d * s for d in ex[k].shape[:2]) for k in keys}
     if len(set(shapes.values())) > 1:
-      raise ValueError(f"eval image {name}: images of different sizes {shapes}")
+      raise ValueError(f"eval image {name}: images of different sizes {shapes}"
+                       + (f" (degraded times config.data.scale={s})" if s > 1 else ""))
     if examples and ex["target"].shape != examples[0][1]["target"].shape:
       first = examples[0][0]
       raise ValueError(

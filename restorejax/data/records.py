@@ -6,7 +6,8 @@ same example always gives the same bytes):
 
   name      str    example name (the degraded file's stem; the target's when there is no degraded image)
   target    bytes  8-bit RGB PNG
-  degraded  bytes  8-bit RGB PNG of the target's size                  (absent in target-only datasets)
+  degraded  bytes  8-bit RGB PNG of the target's size, 1/scale of it in super-resolution builds
+                                                                      (absent in target-only datasets)
   prior     bytes  8-bit RGB PNG resized to the target's size          (absent when there is no prior;
                    in a dataset with priors, an example without one: see `prior_absent`)
   task      str    task label given to the builder, e.g. "dehaze"      (absent when none was given)
@@ -16,8 +17,9 @@ same example always gives the same bytes):
                    --tile only; the record's name is then `<name>_y<y>_x<x>`)
 
 `dataset_info.json` holds `count`, `tasks` ({label: count}), `has_degraded`, `has_prior`, `sizes`
-(`min` / `max` [height, width] of the stored targets), `shards` ([{file, count}]) and, for tiled builds,
-`tile` ({size, step}); `prior_absent` (only when > 0): the number of examples of a dataset with priors
+(`min` / `max` [height, width] of the stored targets), `shards` ([{file, count}]), for tiled builds
+`tile` ({size, step}), for super-resolution builds (`--scale`) `scale` (absent: 1), and
+`prior_absent` (only when > 0): the number of examples of a dataset with priors
 that have none. `TripleSource` gives such an example a zero prior of its target's size and every example
 of these datasets a `prior_mask` (bool: the prior is real), which the prior-fusion networks take.
 
@@ -226,6 +228,11 @@ class TripleSource:
     files = [os.path.join(p, s["file"]) for p, i in zip(self.paths, self.infos) for s in i["shards"]]
     import grain  # pylint: disable=g-import-not-at-top  (the builder needs no JAX)
     self._source = grain.sources.ArrayRecordDataSource(files) if files else None
+    scales = {int(i.get("scale", 1)) for i in self.infos}
+    if has_degraded and len(scales) > 1:
+      desc = "; ".join(f"{p}: scale {i.get('scale', 1)}" for p, i in zip(self.paths, self.infos))
+      raise ValueError(f"records: datasets of one source must have one LR scale ({desc})")
+    self.scale = scales.pop() if has_degraded else None  # None: no LR images, any config.data.scale fits
     self.sizes = {"min": [min(i["sizes"]["min"][d] for i in self.infos) for d in range(2)],
                   "max": [max(i["sizes"]["max"][d] for i in self.infos) for d in range(2)]}
 

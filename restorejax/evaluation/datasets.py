@@ -13,6 +13,9 @@ Specs (the `--dataset` flag of `restorejax.evaluate`):
   sub-folders) must have its partners, else the error lists the unpaired ones. Images are read with
   `images.read` and converted with `images.to_rgb8` (16-bit, grey and alpha are converted, not
   refused) by the process that evaluates them; priors are resized to the target's size (bicubic).
+  Super-resolution (`scale` > 1, the run's `config.data.scale`): DEGRADED_DIR holds the LR images, exactly
+  1/scale of their targets after the targets are mod-cropped to multiples of scale (BasicSR); LR names
+  may carry the scale suffix of DIV2K / BasicSR (`0001x2.png` pairs with `0001.png`).
 """
 
 import functools
@@ -25,6 +28,7 @@ import ml_collections
 import numpy as np
 from PIL import Image as PILImage
 
+from restorejax.data import build as data_build
 from restorejax.data import images, pipeline, records
 from restorejax.evaluation.evaluator import LazyExample
 
@@ -46,8 +50,8 @@ def procedural(config: ml_collections.ConfigDict) -> list[dict]:
   n, bs = len(examples["index"]), config.eval.batch_size
   pad = -n % bs
   examples = {k: np.concatenate([v, v[:pad]]) if pad else v for k, v in examples.items()}
-  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=degrade.from_config(config.data.degrade),
-                                   key=train.data_key(config, "eval")))
+  degrade_fn = degrade.from_config(config.data.degrade, config.data.get("scale", 1))
+  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=degrade_fn, key=train.data_key(config, "eval")))
   made = {"degraded": [], "prior": []}  # the prior too when simulated (`prior_severity`)
   for i in range(0, n + pad, bs):
     out = prep({k: v[i:i + bs] for k, v in examples.items()})
@@ -94,8 +98,8 @@ def whole_records(config: ml_collections.ConfigDict) -> Optional[list[LazyExampl
   return out
 
 
-def _image_files(directory: str, role: str) -> dict[str, str]:
-  """stem -> path of the image files directly in `directory`."""
+def _image_files(directory: str, role: str, scale: int = 1) -> dict[str, str]:
+  """stem -> path of the image files directly in `directory` (LR stems keyed by `build.lr_key`)."""
   if not os.path.isdir(directory):
     raise ValueError(f"{role} folder {directory}: no such directory")
   files = {}
@@ -104,6 +108,8 @@ def _image_files(directory: str, role: str) -> dict[str, str]:
     stem, ext = os.path.splitext(entry)
     if ext.lower() not in images.EXTENSIONS or not os.path.isfile(path):
       continue
+    if role == "degraded":
+      stem = data_build.lr_key(stem, scale)
     if stem in files:
       raise ValueError(f"{role} folder {directory}: two images share the stem {stem!r} "
                        f"({os.path.basename(files[stem])}, {entry})")
@@ -138,9 +144,14 @@ def resize_rgb8(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(PILImage.fromarray(pixels).resize((size[1], size[0]), PILImage.Resampling.BICUBIC))
 
 
-def _load_pair(degraded: str, target: str, prior: Optional[str]) -> dict[str, np.ndarray]:
+def _load_pair(degraded: str, target: str, prior: Optional[str], scale: int = 1) -> dict[str, np.ndarray]:
   out = {"degraded": read_rgb8(degraded), "target": read_rgb8(target)}
-  if out["degraded"].shape != out["target"].shape:
+  if scale > 1:
+    crop, problem = data_build.sr_sizes(out["degraded"].shape[:2], out["target"].shape[:2], scale)
+    if problem:
+      raise ValueError(f"{degraded}: {problem}")
+    out["target"] = out["target"][:crop[0], :crop[1]]
+  elif out["degraded"].shape != out["target"].shape:
     raise ValueError(f"{degraded}: size {out['degraded'].shape[:2]} differs from its target {target} "
                      f"{out['target'].shape[:2]}")
   if prior is not None:
@@ -148,12 +159,13 @@ def _load_pair(degraded: str, target: str, prior: Optional[str]) -> dict[str, np
   return out
 
 
-def folder(degraded_dir: str, target_dir: str, prior_dir: Optional[str] = None) -> list[LazyExample]:
+def folder(degraded_dir: str, target_dir: str, prior_dir: Optional[str] = None, *,
+           scale: int = 1) -> list[LazyExample]:
   """Paired folders -> lazily read examples named by stem (see the module docstring)."""
   roles = {"degraded": degraded_dir, "target": target_dir}
   if prior_dir:
     roles["prior"] = prior_dir
-  files = {role: _image_files(d, role) for role, d in roles.items()}
+  files = {role: _image_files(d, role, scale) for role, d in roles.items()}
   stems = set(files["target"])
   for role, by_stem in files.items():
     for other, other_files in files.items():
@@ -167,11 +179,15 @@ def folder(degraded_dir: str, target_dir: str, prior_dir: Optional[str] = None) 
   for stem in sorted(stems):
     d, t = files["degraded"][stem], files["target"][stem]
     size = header_size(t)
-    if header_size(d) != size:
+    if scale > 1:
+      size, problem = data_build.sr_sizes(header_size(d), size, scale)
+      if problem:
+        raise ValueError(f"{d}: {problem}")
+    elif header_size(d) != size:
       raise ValueError(f"{d}: size {header_size(d)} differs from its target {t} {size}")
     p = files["prior"][stem] if prior_dir else None
     out.append(LazyExample(name=stem, size=size, has_prior=p is not None,
-                           load=functools.partial(_load_pair, d, t, p)))
+                           load=functools.partial(_load_pair, d, t, p, scale)))
   return out
 
 
@@ -200,10 +216,10 @@ def name_of(spec: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "folder"
 
 
-def build(spec: str, config: ml_collections.ConfigDict) -> list:
-  """The examples a spec names (see the module docstring)."""
+def build(spec: str, config: ml_collections.ConfigDict, *, scale: int = 1) -> list:
+  """The examples a spec names (see the module docstring); `scale`: the SR factor of folder sets."""
   kind, args = parse(spec)
   if kind == "default":
     whole = whole_records(config)
     return procedural(config) if whole is None else whole
-  return folder(*args)
+  return folder(*args, scale=scale)

@@ -27,6 +27,15 @@ own pixels only:
 
 Examples are dicts `{'name', 'degraded', 'target'[, 'prior']}` of uint8 HxWx3 arrays (a prior the same
 size), or `LazyExample`s for files read on demand. Names must be unique (they name the saved outputs).
+
+Super-resolution (`scale` s > 1): `degraded` is the LR image, exactly 1/s of the target (whose sides
+must be multiples of s: mod-crop first), and `apply_fn` returns it s times larger. Canvases are planned
+in LR space (multiples of `multiple` there) and the target's canvas is s times that. The input scores
+are then the baseline every SR paper reports: the LR image upsampled by MATLAB bicubic (`imresize`,
+computed on the host in float64 at the image's exact size, rounded to 8 bits) against the target; they
+appear as `bicubic_psnr` / `bicubic_ssim` as well as `input_psnr` / `input_ssim`, and the grid shows the
+bicubic image in the degraded column. SR papers score with `crop_border = s` and `test_y_channel=True`
+(BasicSR); the caller chooses, `conventions()` states them.
 """
 
 import dataclasses
@@ -39,10 +48,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from restorejax import sharding
-from restorejax.data import images
+from restorejax.data import images, resize
 from restorejax.evaluation import metrics
 
 METRICS = ("psnr", "ssim", "input_psnr", "input_ssim")
+SR_METRICS = METRICS + ("bicubic_psnr", "bicubic_ssim")  # scale > 1: the input scores, named for what they are
 IMAGE_KEYS = ("degraded", "target", "prior")
 PAD_MODES = ("constant", "edge", "reflect", "symmetric")
 
@@ -90,7 +100,8 @@ class Evaluator:
   def __init__(self, apply_fn: Callable, mesh: Mesh, batch_sharding: NamedSharding,
                examples: Sequence[Example], *, batch_size: int, multiple: int, crop_border: int = 0,
                test_y_channel: bool = False, save_dir: Optional[str] = None, canvas: str = "bucket",
-               pad_mode: str = "constant", cache: bool = True, grid_count: int = 4, grid_size: int = 256):
+               pad_mode: str = "constant", cache: bool = True, grid_count: int = 4, grid_size: int = 256,
+               scale: int = 1):
     """Plans the batches (every process the same plan) and checks the examples.
 
     Args:
@@ -106,12 +117,13 @@ class Evaluator:
       pad_mode: numpy pad mode filling the canvas ('constant' = zeros, as NAFNet pads itself).
       cache: keep the input batches on the devices between calls.
       grid_count, grid_size: images in the result's grid, and the largest side of its cells.
+      scale: super-resolution factor of `apply_fn` (module docstring); 1 for restoration.
     """
     del mesh  # the batch sharding carries it
     self.examples = list(examples)
     if not self.examples:
       raise ValueError("Evaluator: no examples to evaluate")
-    for name, value in (("batch_size", batch_size), ("multiple", multiple)):
+    for name, value in (("batch_size", batch_size), ("multiple", multiple), ("scale", scale)):
       if int(value) != value or value < 1:
         raise ValueError(f"Evaluator: {name} must be a positive int, got {value!r}")
     shards = _num_shards(batch_sharding)
@@ -125,6 +137,8 @@ class Evaluator:
     if crop_border < 0:
       raise ValueError(f"Evaluator: crop_border must be >= 0, got {crop_border}")
     self.batch_sharding = batch_sharding
+    self.scale = int(scale)
+    self.metric_names = SR_METRICS if self.scale > 1 else METRICS
     self.batch_size = int(batch_size)
     self.crop_border = int(crop_border)
     self.test_y_channel = bool(test_y_channel)
@@ -149,7 +163,7 @@ class Evaluator:
     self.has_prior = all(priors)
 
     # --- The plan: canvases, then batches of each canvas filled up with dummies ------------------------
-    m = int(multiple)
+    m = int(multiple) * self.scale  # canvases of the target; the LR input's are 1/scale of them
     if canvas == "max":
       top = (_round_up(max(h for h, _ in self.sizes), m), _round_up(max(w for _, w in self.sizes), m))
       canvas_of = [top] * len(self.sizes)
@@ -166,14 +180,16 @@ class Evaluator:
     self.grid_size = grid_size
 
     cb, y = self.crop_border, self.test_y_channel
+    input_key = "bicubic" if self.scale > 1 else "degraded"
 
     def step(params, batch):
       degraded = batch["degraded"].astype(jnp.float32) / 255.0
       prior = batch["prior"].astype(jnp.float32) / 255.0 if "prior" in batch else None
       restored = apply_fn(params, degraded, prior)
-      if restored.shape[:3] != degraded.shape[:3]:
+      if restored.shape[:3] != batch["target"].shape[:3]:
         raise ValueError(f"Evaluator: apply_fn returned shape {restored.shape} for input "
-                         f"{degraded.shape}; the evaluation needs the same size")
+                         f"{degraded.shape}; the evaluation needs the target's size {batch['target'].shape}"
+                         f" (scale={self.scale})")
       levels = metrics.to_levels(restored)  # what the saved PNG holds
       scores = {
           "psnr": metrics.region_psnr(levels, batch["target"], batch["hw"], crop_border=cb, test_y_channel=y),
@@ -183,9 +199,9 @@ class Evaluator:
 
     def input_step(batch):
       return {
-          "input_psnr": metrics.region_psnr(batch["degraded"], batch["target"], batch["hw"], crop_border=cb,
+          "input_psnr": metrics.region_psnr(batch[input_key], batch["target"], batch["hw"], crop_border=cb,
                                             test_y_channel=y),
-          "input_ssim": metrics.region_ssim(batch["degraded"], batch["target"], batch["hw"], crop_border=cb,
+          "input_ssim": metrics.region_ssim(batch[input_key], batch["target"], batch["hw"], crop_border=cb,
                                             test_y_channel=y),
       }
 
@@ -220,8 +236,11 @@ class Evaluator:
       for key in ("degraded", "target"):
         if key not in e:
           raise ValueError(f"Evaluator: example {name!r} has no {key!r}")
-      self._check_arrays(name, e)
+      self._check_arrays(name, e, self.scale)
       h, w = e["target"].shape[:2]
+    if h % self.scale or w % self.scale:
+      raise ValueError(f"Evaluator: example {name!r} is {h}x{w}, not a multiple of scale={self.scale} "
+                       "(mod-crop the target first)")
     limit = 2 * self.crop_border + metrics.WINDOW
     if min(h, w) < limit:
       raise ValueError(f"Evaluator: example {name!r} is {h}x{w}; SSIM with crop_border={self.crop_border} "
@@ -229,7 +248,7 @@ class Evaluator:
     return h, w
 
   @staticmethod
-  def _check_arrays(name: str, arrays: dict[str, Any]) -> None:
+  def _check_arrays(name: str, arrays: dict[str, Any], scale: int = 1) -> None:
     shape = np.shape(arrays["target"])
     for key in IMAGE_KEYS:
       a = arrays.get(key)
@@ -238,9 +257,11 @@ class Evaluator:
       if np.asarray(a).dtype != np.uint8 or np.ndim(a) != 3 or np.shape(a)[-1] != 3:
         raise ValueError(f"Evaluator: example {name!r}: {key} must be uint8 HxWx3, got "
                          f"{np.asarray(a).dtype} {np.shape(a)}")
-      if np.shape(a) != shape:
+      f = scale if key == "degraded" else 1
+      if tuple(d * f for d in np.shape(a)[:2]) != shape[:2]:
         raise ValueError(f"Evaluator: example {name!r}: {key} is {np.shape(a)[:2]}, the target "
-                         f"{shape[:2]} (sizes must match)")
+                         f"{shape[:2]} (sizes must match" + (f", the degraded one times scale={scale})"
+                                                              if scale > 1 else ")"))
 
   def _load(self, i: int, canvas: tuple[int, int]) -> dict[str, np.ndarray]:
     """Example i's arrays, padded onto `canvas`."""
@@ -248,16 +269,24 @@ class Evaluator:
     self.decoded += 1
     if isinstance(e, LazyExample):
       arrays = e.load()
-      self._check_arrays(name, arrays)
+      self._check_arrays(name, arrays, self.scale)
       if arrays["target"].shape[:2] != self.sizes[i]:
         raise ValueError(f"Evaluator: example {name!r} decoded to {arrays['target'].shape[:2]}, "
                          f"its header said {self.sizes[i]}")
     else:
       arrays = e
     h, w = self.sizes[i]
-    pad = ((0, canvas[0] - h), (0, canvas[1] - w), (0, 0))
+    s = self.scale
     keys = ("degraded", "target") + (("prior",) if self.has_prior else ())
-    return {k: np.pad(np.asarray(arrays[k]), pad, mode=self.pad_mode) for k in keys}
+    out = {}
+    if s > 1:
+      arrays = {**arrays, "bicubic": bicubic_upsample(np.asarray(arrays["degraded"]), s)}
+      keys += ("bicubic",)
+    for k in keys:
+      f = s if k == "degraded" else 1
+      pad = ((0, (canvas[0] - h) // f), (0, (canvas[1] - w) // f), (0, 0))
+      out[k] = np.pad(np.asarray(arrays[k]), pad, mode=self.pad_mode)
+    return out
 
   # --- Batches ---------------------------------------------------------------------------------------
 
@@ -272,17 +301,20 @@ class Evaluator:
       return loaded[i]
 
     def image(key):
+      f = self.scale if key == "degraded" else 1
       def fill(index):
         rows = b.rows[index[0]]
-        out = np.zeros((len(rows), ch, cw, 3), np.uint8)
+        out = np.zeros((len(rows), ch // f, cw // f, 3), np.uint8)
         for j, i in enumerate(rows):
           if i >= 0:
             out[j] = row_arrays(int(i))[key]
         return out[(slice(None),) + tuple(index[1:])]
-      return jax.make_array_from_callback((n, ch, cw, 3), self.batch_sharding, fill)
+      return jax.make_array_from_callback((n, ch // f, cw // f, 3), self.batch_sharding, fill)
 
     hw = np.asarray([self.sizes[i] if i >= 0 else b.canvas for i in b.rows], np.int32)
-    batch = {k: image(k) for k in ("degraded", "target") + (("prior",) if self.has_prior else ())}
+    keys = (("degraded", "target") + (("prior",) if self.has_prior else ())
+            + (("bicubic",) if self.scale > 1 else ()))
+    batch = {k: image(k) for k in keys}
     batch["hw"] = jax.make_array_from_callback(hw.shape, self.batch_sharding, lambda idx: hw[idx])
     return batch
 
@@ -338,7 +370,8 @@ class Evaluator:
       picks = [j for j, i in enumerate(b.rows) if i in want_grid]
       if picks:
         idx = np.asarray(picks, np.int32)
-        grid_parts.append((b.rows[idx], self._take((batch["degraded"], levels, batch["target"]), idx)))
+        shown = batch["bicubic" if self.scale > 1 else "degraded"]
+        grid_parts.append((b.rows[idx], self._take((shown, levels, batch["target"]), idx)))
       if self.save_dir:
         self._save(b, levels)
 
@@ -349,14 +382,16 @@ class Evaluator:
       self._input_scores = {k: np.concatenate([sharding.to_host(s[k]) for s in input_scores])[valid]
                             for k in ("input_psnr", "input_ssim")}
     host.update(self._input_scores)
+    if self.scale > 1:
+      host.update(bicubic_psnr=host["input_psnr"], bicubic_ssim=host["input_ssim"])
     order = np.argsort(rows[valid], kind="stable")  # batch order -> example order
     per_image = []
     for pos in order:
       i = int(rows[valid][pos])
       h, w = self.sizes[i]
       per_image.append({"name": self.names[i], "height": h, "width": w,
-                        **{k: float(host[k][pos]) for k in METRICS}})
-    means = {k: float(np.mean([r[k] for r in per_image])) for k in METRICS}
+                        **{k: float(host[k][pos]) for k in self.metric_names}})
+    means = {k: float(np.mean([r[k] for r in per_image])) for k in self.metric_names}
 
     cells = {}
     for example_rows, part in grid_parts:
@@ -367,7 +402,19 @@ class Evaluator:
     return EvalResult(means=means, per_image=per_image, grid=self._grid(cells))
 
 
-def conventions(crop_border: int, test_y_channel: bool) -> dict[str, Any]:
+def bicubic_upsample(lr: np.ndarray, scale: int) -> np.ndarray:
+  """uint8 HxWx3 -> MATLAB `imresize(lr, scale, 'bicubic')` rounded to uint8: the SR baseline."""
+  h, w = lr.shape[:2]
+  mh = resize.resize_matrix(h, h * scale)
+  mw = resize.resize_matrix(w, w * scale)
+  up = np.einsum("oh,hwc,pw->opc", mh, lr.astype(np.float64) / 255.0, mw)
+  return np.round(np.clip(up, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def conventions(crop_border: int, test_y_channel: bool, scale: int = 1) -> dict[str, Any]:
   """The metric conventions, to be stated next to every number reported."""
-  return {"metric_convention": "BasicSR", "crop_border": int(crop_border),
-          "test_y_channel": bool(test_y_channel), "restored_rounded_to_uint8": True}
+  out = {"metric_convention": "BasicSR", "crop_border": int(crop_border),
+         "test_y_channel": bool(test_y_channel), "restored_rounded_to_uint8": True}
+  if scale > 1:
+    out.update(scale=int(scale), input_scores="bicubic upsampling of the LR input (MATLAB imresize)")
+  return out

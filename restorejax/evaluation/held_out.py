@@ -7,6 +7,11 @@
 `eval/degraded_restored_target`. The held-out set is `config.eval.dataset` when set ('default' or
 'folder:...', see `evaluation.datasets`), else the procedural one, degraded as the trainer degrades it.
 Batches stay on the devices between evaluations.
+
+Super-resolution (`config.data.scale` > 1): the LR inputs are 1/scale of the targets, and
+`eval/bicubic_psnr`, `eval/bicubic_ssim` (= `eval/input_*`) score MATLAB bicubic upsampling of them, the
+baseline beside the model's `eval/psnr`. SR configs set `config.eval.crop_border = scale` and
+`config.eval.test_y_channel = True` (BasicSR's SR conventions).
 """
 
 from typing import Any, Callable
@@ -23,11 +28,13 @@ def held_out_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh
                        batch_sharding: NamedSharding) -> Callable[[Any], tuple[dict, dict]]:
   cfg = config.eval
   multiple, pad_mode = restorer.input_padding(config.model)
+  scale = config.data.get("scale", 1)
+  examples = datasets.build(cfg.get("dataset", "default") or "default", config, scale=scale)
   ev = evaluator.Evaluator(
       lambda params, x, prior: model.apply({"params": params}, x, prior), mesh, batch_sharding,
-      datasets.build(cfg.get("dataset", "default") or "default", config), batch_size=cfg.batch_size,
+      examples, batch_size=cfg.batch_size,
       multiple=multiple, pad_mode=pad_mode, crop_border=cfg.get("crop_border", 0),
-      test_y_channel=cfg.get("test_y_channel", False))
+      test_y_channel=cfg.get("test_y_channel", False), scale=scale)
 
   def evaluate(params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     result = ev(params)

@@ -1,6 +1,9 @@
 """Restoration: `model(degraded, prior=None, prior_mask=None) -> restored`, trained with the loss terms
 of `config.losses`, evaluated on full held-out images with BasicSR's PSNR/SSIM
-(restorejax.evaluation.held_out)."""
+(restorejax.evaluation.held_out).
+
+Super-resolution is this task with `config.data.scale` > 1: `degraded` is the LR patch and the network
+(SwinIR, RRDBNet) returns it `scale` times larger; its own output scale must equal the data's."""
 
 from typing import Any
 
@@ -9,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from restorejax import losses, models
-from restorejax.evaluation import held_out
+from restorejax.evaluation import held_out, restorer
 
 
 class Restoration:
@@ -20,9 +23,14 @@ class Restoration:
     self.model = models.build(config.model)
     self.loss_fn = losses.build(config.losses)
     self.aux = self.loss_fn.aux
+    self.scale = int(config.data.get("scale", 1))
+    net_scale = restorer.output_scale(config.model)
+    if net_scale != self.scale:
+      raise ValueError(f"config.data.scale={self.scale} but the network {config.model.name!r} upsamples by "
+                       f"{net_scale}; set them equal (e.g. --config.data.scale={net_scale})")
 
   def init_params(self, rng: jax.Array) -> Any:
-    p = self.config.data.patch_size
+    p = self.config.data.patch_size // self.scale
     return self.model.init(rng, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
 
   def loss(self, params, batch, rng, aux):

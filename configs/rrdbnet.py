@@ -1,0 +1,94 @@
+"""RRDBNet x4 (the ESRGAN generator, PSNR-oriented: L1 only, no GAN) on the embedded procedural images.
+
+High-resolution dead-leaves patches are cropped on the host; the x4 low-resolution input is made on the
+device by MATLAB bicubic downsampling (`config.data.degrade.name='sr'`). Evaluation follows BasicSR's SR
+conventions (Y channel, crop_border = 4); `eval/bicubic_psnr` is the bicubic-upsampling baseline.
+
+Run:
+  python -m restorejax.main --config=configs/rrdbnet.py --workdir=runs/rrdbnet_x4
+Expect on a 2-core CPU: see RESULTS.md ("Super-resolution"); the default is sized to beat bicubic by
+more than 1 dB (Y, crop_border 4) on the held-out set within about 20 minutes.
+
+Variants (after a colon):
+  configs/rrdbnet.py           the default: 32 features, 2 RRDBs, growth 16, 64x64 HR (16x16 LR) patches.
+  configs/rrdbnet.py:tiny      8 features, 1 RRDB, growth 8, 32x32 HR patches, 20 steps: for tests.
+ESRGAN's own generator (RRDB_PSNR_x4: 64 features, 23 RRDBs, growth 32) is one override away:
+  --config.model.num_feat=64 --config.model.num_block=23 --config.model.num_grow_ch=32
+and its converted official weights can be fine-tuned with --config.init_from=DIR (README, "Converting").
+"""
+
+import ml_collections
+
+from restorejax import losses, models, optim
+
+VARIANTS = ("default", "tiny")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/rrdbnet.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  scale = 4
+  c = ml_collections.ConfigDict()
+  c.task = "restoration"
+  c.seed = 0
+  c.total_steps = 1500
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.init_from = ""
+  c.max_nonfinite_steps = 20
+  c.peak_flops_per_device = 0.0
+
+  c.mesh = (("data", -1),)
+  c.sharding = ml_collections.ConfigDict({
+      "rules": ((".*", "fsdp"),), "batch_axes": ("data", "fsdp"), "fsdp_min_size": 2 ** 14})
+
+  c.model = models.default_config("rrdbnet")
+  c.model.update(scale=scale, num_feat=32, num_block=2, num_grow_ch=16)
+
+  c.data = ml_collections.ConfigDict({
+      "source": "procedural",
+      "procedural": {"seed": 0, "num_images": 512, "image_size": 96,
+                     "eval_num_images": 16, "eval_image_size": 96},
+      "scale": scale,                   # SR factor: LR input = HR patch / scale (1: restoration)
+      "patch_size": 64,                 # HR patch; a multiple of scale
+      "batch_size": 8,
+      "num_workers": 0,
+      "read_threads": 2,
+      "degrade": {"name": "sr", "order": "classical", "blur_sigma": (0.0, 0.0), "noise_sigma": (0.0, 0.0),
+                  "jpeg_quality": (0, 0)},
+      "use_prior": True,
+      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6)},
+      "records": {"path": "", "eval_path": "", "tasks": ()},
+      "tfds": {"name": "", "config": "", "split": "train", "eval_split": "test", "data_dir": "", "keys": ""},
+      "mixture": {},
+      "eval_crop": 0,
+      "eval_max_images": 0,
+  })
+  c.eval = ml_collections.ConfigDict({
+      "batch_size": 8,
+      "dataset": "default",
+      "crop_border": scale,             # BasicSR's SR conventions: crop the scale, Y channel
+      "test_y_channel": True,
+  })
+
+  c.losses = losses.default_config(l1=1.0)
+  c.optim = optim.default_config()
+  c.optim.update(lr=1e-3, b2=0.99, warmup_steps=50)
+
+  if variant == "tiny":
+    c.total_steps = 20
+    c.log_every = 5
+    c.eval_every = 20
+    c.checkpoint_every = 10
+    c.model.update(num_feat=8, num_block=1, num_grow_ch=8)
+    c.data.procedural.update(num_images=32, image_size=40, eval_num_images=4, eval_image_size=32)
+    c.data.patch_size = 32
+    c.data.batch_size = 4
+    c.eval.batch_size = 4
+    c.optim.warmup_steps = 2
+
+  c.lock()
+  return c

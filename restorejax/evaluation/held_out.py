@@ -6,7 +6,8 @@
 `config.eval.test_y_channel` when the config has them, else 0 / False) and the image grid
 `eval/degraded_restored_target`. The held-out set is `config.eval.dataset` when set ('default' or
 'folder:...', see `evaluation.datasets`), else the procedural one, degraded as the trainer degrades it.
-Batches stay on the devices between evaluations.
+Batches stay on the devices between evaluations. A config with `config.eval.perceptual = True` also
+reports `eval/lpips`, `eval/niqe` (and their input scores) when the `perceptual` extra is installed.
 """
 
 from typing import Any, Callable
@@ -27,7 +28,7 @@ def held_out_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh
       lambda params, x, prior: model.apply({"params": params}, x, prior), mesh, batch_sharding,
       datasets.build(cfg.get("dataset", "default") or "default", config), batch_size=cfg.batch_size,
       multiple=multiple, pad_mode=pad_mode, crop_border=cfg.get("crop_border", 0),
-      test_y_channel=cfg.get("test_y_channel", False))
+      test_y_channel=cfg.get("test_y_channel", False), perceptual=cfg.get("perceptual", False))
 
   def evaluate(params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     result = ev(params)

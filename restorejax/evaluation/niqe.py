@@ -16,8 +16,9 @@ in the user cache `~/.cache/restorejax/niqe_pris_params.npz`, where `python -m r
 install FILE` copies it from the npz or from basicsr's sdist (`pip download --no-deps
 --no-build-isolation basicsr==1.4.2`). It is read with `allow_pickle=False`.
 
-Batched: the block statistics and the AGGD grid search (5 fits x 9801 shapes per block) run in JAX over a
-batch of equally sized images. The 7x7 local normalisation runs on the host with scipy, as BasicSR's does
+The AGGD fits (5 per block and scale, each a grid search over 9801 shapes) run by default on the host in
+BasicSR's float32 operation order, because a float32 mean summed in another order can move a fit to the
+neighbouring grid shape (`exact=False` runs them batched in JAX, within ~1e-2 of BasicSR). The 7x7 local normalisation runs on the host with scipy, as BasicSR's does
 (see `_mscn`), and so do the half-size resize (MATLAB bicubic, `restorejax.data.resize`'s matrices in
 float64) and the final 36-feature fit (mean, covariance, pseudo-inverse, float64) per image.
 """
@@ -53,7 +54,10 @@ def params_path() -> str:
   """Where the pristine parameters are (see the module docstring); FileNotFoundError says how to get them."""
   if os.environ.get(ENV):
     return os.environ[ENV]
-  spec = importlib.util.find_spec("basicsr")
+  try:
+    spec = importlib.util.find_spec("basicsr")
+  except (ImportError, ValueError):  # a half-imported or stub module
+    spec = None
   if spec is not None and spec.submodule_search_locations:
     p = os.path.join(list(spec.submodule_search_locations)[0], "metrics", FILE)
     if os.path.isfile(p):
@@ -143,6 +147,28 @@ def _scale_stats(x, r_gam, *, bs: int):
   return _aggd_stats(v, r_gam)
 
 
+def _block_stats_host(x: np.ndarray, bs: int):
+  """`_scale_stats` for one (H, W) image in numpy float32, block by block, in BasicSR's exact operation
+  order (its float32 means decide the grid search's pick; a JAX reduction sums in another order)."""
+  r_gam = _tables()[0]
+  nh, nw = x.shape[0] // bs, x.shape[1] // bs
+  idx = np.zeros((nw * nh, 5), np.int64)
+  left, right = np.zeros((2, nw * nh, 5), np.float32)
+  for b, (iw, ih) in enumerate((iw, ih) for iw in range(nw) for ih in range(nh)):
+    block = x[ih * bs:(ih + 1) * bs, iw * bs:(iw + 1) * bs]
+    fits = [block] + [block * np.roll(block, s, axis=(0, 1)) for s in _SHIFTS]
+    for k, v in enumerate(fits):
+      v = v.flatten()
+      with np.errstate(divide="ignore", invalid="ignore"):
+        left[b, k] = np.sqrt(np.mean(v[v < 0] ** 2)) if np.any(v < 0) else np.nan
+        right[b, k] = np.sqrt(np.mean(v[v > 0] ** 2)) if np.any(v > 0) else np.nan
+        g = left[b, k] / right[b, k]
+        rhat = (np.mean(np.abs(v))) ** 2 / np.mean(v ** 2)
+        rnorm = (rhat * (g ** 3 + 1) * (g + 1)) / ((g ** 2 + 1) ** 2)
+      idx[b, k] = np.argmin((r_gam - rnorm) ** 2)
+  return idx, left, right
+
+
 @functools.lru_cache(maxsize=1)
 def _tables():
   inv = 1.0 / _GAM
@@ -172,8 +198,15 @@ def _score(dist: np.ndarray, p: dict[str, np.ndarray]) -> float:
   return float(np.sqrt(np.squeeze(d @ inv @ d.T)))
 
 
-def niqe(img, *, crop_border: int = 0, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
-  """NIQE of uint8 (or float in [0, 1]) RGB images, HWC or NHWC of one size: (N,) float64 (or a float)."""
+def niqe(img, *, crop_border: int = 0, params: dict[str, np.ndarray] | None = None,
+         exact: bool = True) -> np.ndarray:
+  """NIQE of uint8 (or float in [0, 1]) RGB images, HWC or NHWC of one size: (N,) float64 (or a float).
+
+  exact=True fits the blocks on the host in BasicSR's float32 operation order (equal to its
+  calculate_niqe to ~1e-5); exact=False fits all blocks of the batch at once in JAX (faster on large
+  sets; a block whose fit lands between two grid shapes can then pick the neighbour, moving the score
+  by up to ~1e-2).
+  """
   p = params or load_params()
   img = metrics.to_levels(jnp.asarray(img))
   single = img.ndim == 3
@@ -192,10 +225,17 @@ def niqe(img, *, crop_border: int = 0, params: dict[str, np.ndarray] | None = No
   window = p["gaussian_window"]
   mh = resize.resize_matrix(h, h // 2, 0.5)
   mw = resize.resize_matrix(w, w // 2, 0.5)
-  half = [(mh @ (im / np.float32(255.0)) @ mw.T).astype(np.float32) * np.float32(255.0) for im in y]
+  # BasicSR resizes in float32 with float32 weights, rows first, rounding to float32 between the passes.
+  mh32, mw32 = mh.astype(np.float32).astype(np.float64), mw.astype(np.float32).astype(np.float64)
+  rows = [(mh32 @ (im / np.float32(255.0)).astype(np.float64)).astype(np.float32) for im in y]
+  half = [(r.astype(np.float64) @ mw32.T).astype(np.float32) * np.float32(255.0) for r in rows]
   r_gam = jnp.asarray(_tables()[0], jnp.float32)
-  s1 = _features(*_scale_stats(np.stack([_mscn(im, window) for im in y]), r_gam, bs=BLOCK))
-  s2 = _features(*_scale_stats(np.stack([_mscn(im, window) for im in half]), r_gam, bs=BLOCK // 2))
+  if exact:
+    stats = lambda ims, bs: [np.stack(a) for a in zip(*(_block_stats_host(_mscn(im, window), bs) for im in ims))]
+  else:
+    stats = lambda ims, bs: _scale_stats(np.stack([_mscn(im, window) for im in ims]), r_gam, bs=bs)
+  s1 = _features(*stats(y, BLOCK))
+  s2 = _features(*stats(half, BLOCK // 2))
   scores = np.array([_score(np.concatenate([a, b], axis=1), p) for a, b in zip(s1, s2)])
   return float(scores[0]) if single else scores
 

@@ -175,11 +175,12 @@ def lpips(params: dict[str, Any], x: jnp.ndarray, y: jnp.ndarray, *, net: str = 
   """LPIPS v0.1 between NHWC images in [0, 1]: (N,). `params` from `load(net)`; differentiable in x and y."""
   if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
     raise ValueError(f"lpips: expects two NHWC RGB images of one shape, got {x.shape} and {y.shape}")
-  n = x.shape[0]
-  both = jnp.concatenate([x, y]).astype(jnp.float32)
-  both = ((2.0 * both - 1.0) - _SHIFT) / _SCALE
-  total = jnp.zeros((n,), jnp.float32)
-  for f, head in zip(features(net, params["backbone"], both), params["heads"]):
-    d = jnp.square(_unit(f[:n]) - _unit(f[n:]))
+  scaled = lambda a: ((2.0 * a.astype(jnp.float32) - 1.0) - _SHIFT) / _SCALE
+  fx, fy = (features(net, params["backbone"], scaled(a)) for a in (x, y))
+  total = jnp.zeros((x.shape[0],), jnp.float32)
+  for f0, f1, head in zip(fx, fy, params["heads"]):
+    # Where the features are equal the distance is exactly 0 (XLA may fuse the two normalisations
+    # differently and leave ~1e-16), so lpips(x, x) == 0.
+    d = jnp.where(jnp.all(f0 == f1, axis=-1, keepdims=True), 0.0, jnp.square(_unit(f0) - _unit(f1)))
     total = total + jnp.mean(jnp.einsum("nhwc,c->nhw", d, head, precision="highest"), axis=(1, 2))
   return total

@@ -215,3 +215,25 @@ def test_perceptual_matches_basicsr_semantics():
   np.testing.assert_allclose(float(total), percep + 3 * style, rtol=1e-4)
   with pytest.raises(ValueError, match="unknown VGG16 layer 'conv5_4'"):
     losses.TERMS["perceptual"](x, {"target": y}, aux=aux, layers="conv5_4:1")
+
+
+@needs_lpips
+@needs_niqe
+def test_evaluator_reports_perceptual_metrics(monkeypatch):
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from restorejax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  v = _versions(1, 192)
+  examples = [{"name": "a", "degraded": v["noisy"], "target": v["clean"]},
+              {"name": "b", "degraded": v["blur"], "target": v["clean"]}]
+  ev = evaluator.Evaluator(lambda p, x, prior: x * p, mesh, NamedSharding(mesh, PartitionSpec("data")),
+                           examples, batch_size=2, multiple=8, perceptual=True)
+  result = ev(np.float32(1.0))  # the identity: restored scores equal the input's
+  assert result.notes == []
+  for r in result.per_image:
+    assert r["lpips"] == r["input_lpips"] > 0 and r["niqe"] == r["input_niqe"] > 0
+  assert abs(result.per_image[0]["niqe"] - niqe_lib.niqe(v["noisy"])) < 1e-9
+  monkeypatch.setattr(lpips_net, "available", lambda: False)
+  monkeypatch.setattr(niqe_lib, "available", lambda: False)
+  result = ev(np.float32(1.0))
+  assert "lpips" not in result.means and len(result.notes) == 1 and "perceptual" in result.notes[0]

@@ -377,7 +377,7 @@ class Evaluator:
       if perceptual_lib.missing():
         notes.append(perceptual_lib.missing())
     names = [k for k in (*METRICS, *perceptual_lib.METRICS) if k in per_image[0]]
-    means = {k: float(np.nanmean([r[k] for r in per_image])) if k in perceptual_lib.METRICS
+    means = {k: _mean_of_finite([r[k] for r in per_image]) if k in perceptual_lib.METRICS
              else float(np.mean([r[k] for r in per_image])) for k in names}
 
     cells = {}
@@ -402,6 +402,13 @@ class Evaluator:
     s.update(self._perceptual_input)
     for j, r in enumerate(per_image):
       r.update({k: float(v[j]) for k, v in s.items()})
+
+
+def _mean_of_finite(values: list[float]) -> float:
+  """Mean over the images that have the metric (NIQE is NaN on images under two 96x96 blocks); NaN if none."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  return float(v.mean()) if v.size else float("nan")
 
 
 def conventions(crop_border: int, test_y_channel: bool) -> dict[str, Any]:

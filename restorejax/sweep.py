@@ -29,7 +29,9 @@ import time
 from typing import Any, Optional, Sequence
 
 METRICS = ("eval/psnr", "eval/ssim", "eval/input_psnr", "eval/input_ssim")
-COLUMNS = ("variant",) + METRICS + ("steps", "wall_time_s", "images_per_s", "overrides")
+# LPIPS (AlexNet) / NIQE: in a summary when the run's config.eval.perceptual is on and the extra installed.
+PERCEPTUAL = ("eval/lpips", "eval/niqe", "eval/input_lpips", "eval/input_niqe")
+COLUMNS = ("variant",) + METRICS + PERCEPTUAL + ("steps", "wall_time_s", "images_per_s", "overrides")
 
 
 def load_sweep(spec: str) -> list[tuple[str, dict[str, Any]]]:
@@ -135,14 +137,21 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
   base = rows[0]
   out.write(f"Baseline: `{base['variant']}`. Input (degraded) PSNR {_fmt(base.get('eval/input_psnr'), 2)} dB, "
             f"SSIM {_fmt(base.get('eval/input_ssim'), 4)}.\n\n")
-  out.write("| variant | PSNR (dB) | dPSNR | SSIM | dSSIM | steps | wall (s) | images/s | overrides |\n")
-  out.write("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+  extra = [k for k in ("eval/lpips", "eval/niqe") if any(r.get(k) is not None for r in rows)]
+  names = {"eval/lpips": "LPIPS", "eval/niqe": "NIQE"}
+  out.write("| variant | PSNR (dB) | dPSNR | SSIM | dSSIM | " + "".join(f"{names[k]} | " for k in extra)
+            + "steps | wall (s) | images/s | overrides |\n")
+  out.write("| --- | ---: | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: | ---: | ---: | --- |\n")
   for r in rows:
     dp = None if r.get("eval/psnr") is None else r["eval/psnr"] - base["eval/psnr"]
     ds = None if r.get("eval/ssim") is None else r["eval/ssim"] - base["eval/ssim"]
     out.write(f"| {r['variant']} | {_fmt(r.get('eval/psnr'), 2)} | {'' if dp is None else f'{dp:+.2f}'} | "
-              f"{_fmt(r.get('eval/ssim'), 4)} | {'' if ds is None else f'{ds:+.4f}'} | {r.get('steps', '')} | "
+              f"{_fmt(r.get('eval/ssim'), 4)} | {'' if ds is None else f'{ds:+.4f}'} | "
+              + "".join(f"{_fmt(r.get(k), 4)} | " for k in extra) + f"{r.get('steps', '')} | "
               f"{_fmt(r.get('wall_time_s'), 0)} | {_fmt(r.get('images_per_s'), 1)} | `{r['overrides']}` |\n")
+  if not extra:
+    out.write("\nNo LPIPS/NIQE columns: no summary has them (they need `config.eval.perceptual = True` and "
+              'pip install -e ".[perceptual]").\n')
   return out.getvalue()
 
 

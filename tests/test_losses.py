@@ -95,4 +95,4 @@ def test_errors_name_the_problem():
   with pytest.raises(ValueError, match="every term has weight 0"):
     losses.build(losses.default_config())
   with pytest.raises(ValueError, match="unknown loss term"):
-    losses.default_config(perceptual=1.0)
+    losses.default_config(perceptul=1.0)

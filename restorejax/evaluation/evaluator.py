@@ -22,6 +22,9 @@ own pixels only:
   a `LazyExample` is decoded only there, so a process reads only its own images. Restored outputs are
   saved (`save_dir`) by the process that holds them; only the per-image scores (and the few images
   of the grid) travel between processes.
+- `perceptual=True` adds LPIPS (AlexNet) and NIQE of the restored and of the input images
+  (`evaluation.perceptual`; the restored uint8 images are fetched to the host for them) when the
+  `perceptual` extra's weights are installed; `EvalResult.notes` says in one line what is absent and why.
 - `cache=True` keeps the uint8 input batches on the devices between calls (evaluating during
   training decodes once); `cache=False` rebuilds them every call (large sets, a single evaluation).
 
@@ -50,6 +53,7 @@ from jax.sharding import Mesh, NamedSharding
 from restorejax import sharding
 from restorejax.data import images, resize
 from restorejax.evaluation import metrics
+from restorejax.evaluation import perceptual as perceptual_lib
 
 METRICS = ("psnr", "ssim", "input_psnr", "input_ssim")
 SR_METRICS = METRICS + ("bicubic_psnr", "bicubic_ssim")  # scale > 1: the input scores, named for what they are
@@ -72,6 +76,7 @@ class EvalResult:
   means: dict[str, float]          # 'psnr', 'ssim', 'input_psnr', 'input_ssim': means over the images
   per_image: list[dict[str, Any]]  # in example order: name, height, width and the four metrics
   grid: np.ndarray                 # uint8 (k, h, 3 w, 3): degraded | restored | target, centre-cropped
+  notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why perceptual metrics are absent
 
 
 Example = Union[dict, LazyExample]
@@ -101,7 +106,7 @@ class Evaluator:
                examples: Sequence[Example], *, batch_size: int, multiple: int, crop_border: int = 0,
                test_y_channel: bool = False, save_dir: Optional[str] = None, canvas: str = "bucket",
                pad_mode: str = "constant", cache: bool = True, grid_count: int = 4, grid_size: int = 256,
-               scale: int = 1):
+               scale: int = 1, perceptual: bool = False):
     """Plans the batches (every process the same plan) and checks the examples.
 
     Args:
@@ -118,6 +123,7 @@ class Evaluator:
       cache: keep the input batches on the devices between calls.
       grid_count, grid_size: images in the result's grid, and the largest side of its cells.
       scale: super-resolution factor of `apply_fn` (module docstring); 1 for restoration.
+      perceptual: also LPIPS and NIQE (restored and input) where their weights are installed.
     """
     del mesh  # the batch sharding carries it
     self.examples = list(examples)
@@ -145,6 +151,8 @@ class Evaluator:
     self.save_dir = save_dir
     self.pad_mode = pad_mode
     self.cache = cache
+    self.perceptual = bool(perceptual)
+    self._perceptual_input: Optional[dict[str, np.ndarray]] = None
     self.replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
 
     names = [self._name(e) for e in self.examples]
@@ -360,7 +368,7 @@ class Evaluator:
   # --- Evaluation ------------------------------------------------------------------------------------
 
   def __call__(self, params) -> EvalResult:
-    scores, input_scores, grid_parts = [], [], []
+    scores, input_scores, grid_parts, crops = [], [], [], {}
     want_grid = set(self.grid_rows)
     for b, batch in zip(self.batches, self._batches()):
       s, levels = self._step(params, batch)
@@ -374,6 +382,12 @@ class Evaluator:
         grid_parts.append((b.rows[idx], self._take((shown, levels, batch["target"]), idx)))
       if self.save_dir:
         self._save(b, levels)
+      if self.perceptual and perceptual_lib.metrics_available():
+        host_levels, deg, tgt = sharding.to_host((levels, batch["bicubic" if self.scale > 1 else "degraded"], batch["target"]))
+        for j, i in enumerate(b.rows):
+          if i >= 0:
+            h, w = self.sizes[i]
+            crops[int(i)] = (host_levels[j, :h, :w], tgt[j, :h, :w], deg[j, :h, :w])
 
     rows = np.concatenate([b.rows for b in self.batches])
     valid = rows >= 0
@@ -391,7 +405,14 @@ class Evaluator:
       h, w = self.sizes[i]
       per_image.append({"name": self.names[i], "height": h, "width": w,
                         **{k: float(host[k][pos]) for k in self.metric_names}})
-    means = {k: float(np.mean([r[k] for r in per_image])) for k in self.metric_names}
+    notes = []
+    if self.perceptual:
+      self._add_perceptual(per_image, crops)
+      if perceptual_lib.missing():
+        notes.append(perceptual_lib.missing())
+    names = [k for k in (*self.metric_names, *perceptual_lib.METRICS) if k in per_image[0]]
+    means = {k: _mean_of_finite([r[k] for r in per_image]) if k in perceptual_lib.METRICS
+             else float(np.mean([r[k] for r in per_image])) for k in names}
 
     cells = {}
     for example_rows, part in grid_parts:
@@ -399,7 +420,29 @@ class Evaluator:
       for j, i in enumerate(example_rows):
         h, w = self.sizes[i]
         cells[int(i)] = (deg[j, :h, :w], res[j, :h, :w], tgt[j, :h, :w])
-    return EvalResult(means=means, per_image=per_image, grid=self._grid(cells))
+    return EvalResult(means=means, per_image=per_image, grid=self._grid(cells), notes=notes)
+
+  def _add_perceptual(self, per_image: list[dict[str, Any]], crops: dict[int, tuple]) -> None:
+    """Adds LPIPS / NIQE (those available) to each row; input scores are computed once."""
+    if not crops:
+      return
+    index = {n: i for i, n in enumerate(self.names)}
+    order = [index[r["name"]] for r in per_image]
+    res, tgt, deg = ([crops[i][k] for i in order] for k in range(3))
+    s = perceptual_lib.score(res, tgt, deg, crop_border=self.crop_border,
+                             with_input=self._perceptual_input is None)
+    if self._perceptual_input is None:
+      self._perceptual_input = {k: s[k] for k in s if k.startswith("input_")}
+    s.update(self._perceptual_input)
+    for j, r in enumerate(per_image):
+      r.update({k: float(v[j]) for k, v in s.items()})
+
+
+def _mean_of_finite(values: list[float]) -> float:
+  """Mean over the images that have the metric (NIQE is NaN on images under two 96x96 blocks); NaN if none."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  return float(v.mean()) if v.size else float("nan")
 
 
 def bicubic_upsample(lr: np.ndarray, scale: int) -> np.ndarray:

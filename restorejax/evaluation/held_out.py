@@ -12,6 +12,8 @@ Super-resolution (`config.data.scale` > 1): the LR inputs are 1/scale of the tar
 `eval/bicubic_psnr`, `eval/bicubic_ssim` (= `eval/input_*`) score MATLAB bicubic upsampling of them, the
 baseline beside the model's `eval/psnr`. SR configs set `config.eval.crop_border = scale` and
 `config.eval.test_y_channel = True` (BasicSR's SR conventions).
+A config with `config.eval.perceptual = True` also
+reports `eval/lpips`, `eval/niqe` (and their input scores) when the `perceptual` extra is installed.
 """
 
 from typing import Any, Callable
@@ -34,7 +36,7 @@ def held_out_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh
       lambda params, x, prior: model.apply({"params": params}, x, prior), mesh, batch_sharding,
       examples, batch_size=cfg.batch_size,
       multiple=multiple, pad_mode=pad_mode, crop_border=cfg.get("crop_border", 0),
-      test_y_channel=cfg.get("test_y_channel", False), scale=scale)
+      test_y_channel=cfg.get("test_y_channel", False), scale=scale, perceptual=cfg.get("perceptual", False))
 
   def evaluate(params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     result = ev(params)

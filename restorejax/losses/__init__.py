@@ -12,13 +12,13 @@ Terms:
   against the prior (prior.py)    prior_color, prior_patch, prior_gradient, prior_shift_l1; they never
                                   read `target`, so they also supervise where no ground truth exists
 
-Adding a term that needs a frozen network, e.g. a perceptual (VGG) loss, which is not shipped because no
-VGG weights can be downloaded where this project is built: write `perceptual(restored, batch, *, aux,
-weights: str = '', layers=...)` reading its network's parameters from `aux['perceptual']`, register it in
-`TERMS`, and register `AUX_BUILDERS['perceptual'] = fn(**options) -> pytree of host arrays` that loads
-them from the file named by an option (convert torchvision's VGG19 like `restorejax.convert` does the
-zoo). The trainer shards `aux` by the config's sharding rules under paths `perceptual/...` and passes it
-to every step; it is never updated.
+  through frozen networks         perceptual: VGG16 features, BasicSR's PerceptualLoss (L1/L2/fro, optional
+  (perceptual.py)                 Gram style term); lpips: LPIPS v0.1 (AlexNet or VGG16). Their weights come
+                                  from the optional extra: pip install -e ".[perceptual]"
+
+A term that needs a frozen network reads its parameters from `aux[<name>]`, built once by
+`AUX_BUILDERS[<name>](**options)` as host arrays; the trainer shards `aux` by the config's sharding rules
+under paths `<name>/...` and passes it to every step; it is never updated.
 """
 
 import inspect
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from restorejax.losses import diffloss as diffloss_lib
+from restorejax.losses import perceptual as perceptual_lib
 from restorejax.losses import pixel, prior
 
 TERMS: dict[str, Callable[..., Any]] = {
@@ -42,6 +43,8 @@ TERMS: dict[str, Callable[..., Any]] = {
     "prior_patch": prior.prior_patch,
     "prior_gradient": prior.prior_gradient,
     "prior_shift_l1": prior.prior_shift_l1,
+    "perceptual": perceptual_lib.perceptual,
+    "lpips": perceptual_lib.lpips,
 }
 
 
@@ -64,6 +67,8 @@ def default_config(**weights: float) -> ml_collections.ConfigDict:
 # term as `aux[name]` (it lives outside the train state and is never updated).
 AUX_BUILDERS: dict[str, Callable[..., Any]] = {
     "diffloss": diffloss_lib.build_aux,
+    "perceptual": perceptual_lib.build_perceptual_aux,
+    "lpips": perceptual_lib.build_lpips_aux,
 }
 
 

@@ -376,14 +376,14 @@ class Evaluator:
       if self._input_scores is None:
         input_scores.append(self._input_step(batch))
       picks = [j for j, i in enumerate(b.rows) if i in want_grid]
+      shown = batch["bicubic" if self.scale > 1 else "degraded"]  # SR: the input at the target's size
       if picks:
         idx = np.asarray(picks, np.int32)
-        shown = batch["bicubic" if self.scale > 1 else "degraded"]
         grid_parts.append((b.rows[idx], self._take((shown, levels, batch["target"]), idx)))
       if self.save_dir:
         self._save(b, levels)
       if self.perceptual and perceptual_lib.metrics_available():
-        host_levels, deg, tgt = sharding.to_host((levels, batch["bicubic" if self.scale > 1 else "degraded"], batch["target"]))
+        host_levels, deg, tgt = sharding.to_host((levels, shown, batch["target"]))
         for j, i in enumerate(b.rows):
           if i >= 0:
             h, w = self.sizes[i]

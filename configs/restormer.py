@@ -2,7 +2,7 @@
 
 The data and degradation are configs/default.py's (Gaussian blur sigma 0.1..1 then Gaussian noise sigma
 10..50 on 0..255, synthesised on the device); only the network and its optimizer change. The default
-variant is a CPU-sized Restormer (dim 16, blocks (1, 2, 2, 4), one refinement block: about 0.9 M
+variant is a CPU-sized Restormer (dim 16, blocks (1, 2, 2, 4), one refinement block: about 1.6 M
 parameters; the official networks are dim 48, blocks (4, 6, 6, 8), 4 refinement blocks, 26 M, see
 `restorejax.models.restormer.PRESETS`). AdamW with betas (0.9, 0.999) as the official recipe, at a higher
 peak rate (1e-3 instead of 3e-4) for a run of minutes rather than 300k iterations.

@@ -43,20 +43,26 @@ def parse_arg(arg: str | None) -> tuple[str, str]:
   return variant, model
 
 
+# A network whose config file is not named after it.
+CONFIG_FILES = {"swinir": "swinir_sr"}
+
+
 def network_config(model: str, variant: str) -> ml_collections.ConfigDict:
-  """configs/<model>.py's config (loaded by path: this file works from any working directory)."""
+  """configs/<model>.py's config (loaded by path: this file works from any working directory); the
+  'default' variant is that file's own default."""
   if model not in models.MODELS:
     raise ValueError(f"configs/default.py: model={model!r} unknown (known: {', '.join(sorted(models.MODELS))})")
   here = os.path.dirname(os.path.abspath(__file__))
-  path = os.path.join(here, f"{model}.py")
+  path = os.path.join(here, f"{CONFIG_FILES.get(model, model)}.py")
   if not os.path.isfile(path):
-    shipped = sorted(m for m in models.MODELS if os.path.isfile(os.path.join(here, f"{m}.py")))
+    shipped = sorted(m for m in models.MODELS
+                     if os.path.isfile(os.path.join(here, f"{CONFIG_FILES.get(m, m)}.py")))
     raise ValueError(f"configs/default.py: model={model}: no configs/{model}.py ships yet (shipped: nafnet, "
                      f"{', '.join(shipped)})")
   spec = importlib.util.spec_from_file_location(f"restorejax_configs_{model}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module.get_config(None if variant == "default" else variant)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

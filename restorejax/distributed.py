@@ -22,9 +22,11 @@ A process that loses a peer stops within `RESTOREJAX_PEER_TIMEOUT_S` seconds (de
 naming the process and saying to rerun the same command to resume (`watch_peers`), instead of JAX's C++
 abort after its heartbeat timeout.
 
-`python -m restorejax.distributed` prints the plan this environment resolves to, without starting JAX.
+`python -m restorejax.distributed [--coordinator_address=... --num_processes=N --process_id=i]` prints the
+plan this environment resolves to, without starting JAX (`--dry_run` of the train command starts it).
 """
 
+import argparse
 import collections
 import dataclasses
 import os
@@ -216,12 +218,12 @@ def resolve(env: Mapping[str, str], coordinator_address: Optional[str] = None,
 # Starting, and reporting what started.
 # ----------------------------------------------------------------------------------------------------
 
-def start(plan: Plan, initialize: Optional[Callable[..., Any]] = None) -> None:
+def start(plan: Plan) -> None:
   """Calls `jax.distributed.initialize(**plan.init_args)` (nothing for a one-process plan) and starts the
   peer watchdog."""
   if plan.init_args is None:
     return
-  (initialize or jax.distributed.initialize)(**plan.init_args)
+  jax.distributed.initialize(**plan.init_args)
   client = jax_distributed.global_state.client
   if client is not None and jax.process_count() > 1:
     watch_peers(client, jax.process_index(), jax.process_count(), peer_timeout_s(os.environ))
@@ -303,8 +305,13 @@ def wait_for_lost_peer() -> None:
 
 
 def main() -> None:
+  parser = argparse.ArgumentParser(description="Print the jax.distributed plan this environment resolves to.")
+  parser.add_argument("--coordinator_address")
+  parser.add_argument("--num_processes", type=int)
+  parser.add_argument("--process_id", type=int)
+  a = parser.parse_args()
   try:
-    plan = resolve(os.environ)
+    plan = resolve(os.environ, a.coordinator_address, a.num_processes, a.process_id)
   except DistributedError as e:
     print(f"restorejax: error: {e}", file=sys.stderr)
     sys.exit(2)

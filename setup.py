@@ -53,6 +53,7 @@ setuptools.setup(
             "restorejax-evaluate=restorejax.evaluate:run",
             "restorejax-restore=restorejax.restore:run",
             "restorejax-gir=restorejax.evaluation.gir_run:run",
+            "restorejax-pod-check=restorejax.pod_check:run",
         ],
     },
 )

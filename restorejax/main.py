@@ -1,8 +1,9 @@
 """Command line: `python -m restorejax.main --config=configs/default.py --workdir=DIR [--config.x=y ...]`.
 
 Also installed as `restorejax-train`. Several processes (multi-host) are joined with
-`jax.distributed.initialize()`: automatically under SLURM / Open MPI / multi-worker TPU VMs, or with
-explicit `--coordinator_address --num_processes --process_id` (see launch/).
+`jax.distributed.initialize()` as the launcher's `RESTOREJAX_CLUSTER` says (see restorejax/distributed.py
+and launch/), or with explicit `--coordinator_address --num_processes --process_id`. `--dry_run` prints
+the resolved set-up and the mesh, then stops: no training, no work directory.
 
 A user mistake (misspelt config key, unknown model or loss, unwritable work directory, ...) ends with one
 line `restorejax: error: ...` and exit status 2, no traceback (set RESTOREJAX_TRACEBACK=1 to see it).
@@ -21,6 +22,8 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 from ml_collections.config_flags import config_flags as config_file  # pylint: disable=g-import-not-at-top
 
+from restorejax import distributed, sharding  # pylint: disable=g-import-not-at-top
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, summary.json; resumed if present.")
@@ -30,6 +33,8 @@ flags.DEFINE_integer("process_id", None, "This process's index, for explicit mul
 flags.DEFINE_string("compilation_cache", os.path.join("~", ".cache", "restorejax", "xla"),
                     "Persistent XLA compilation cache, so a resumed or repeated run skips compiling; "
                     "'' turns it off. JAX_COMPILATION_CACHE_DIR, when set, wins.")
+flags.DEFINE_bool("dry_run", False, "Start jax.distributed as the launcher asks, print processes, devices "
+                  "and the mesh, and stop: no training, no work directory.")
 
 
 def fail(message: str) -> None:
@@ -118,19 +123,14 @@ def show_in_help(names) -> None:
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
-def _auto_distributed() -> bool:
-  env = os.environ
-  return (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
-
-
-def initialize_distributed() -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  elif _auto_distributed():
-    jax.distributed.initialize()
+def initialize_distributed() -> str:
+  """Joins the other processes as the launcher says; returns the plan's description."""
+  try:
+    plan = distributed.resolve(os.environ, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except distributed.DistributedError as e:
+    fail(str(e))
+  distributed.start(plan)
+  return plan.describe()
 
 
 def quiet_libraries() -> None:
@@ -166,7 +166,16 @@ def main(argv: list[str]) -> None:
   from restorejax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
-  initialize_distributed()
+  plan = initialize_distributed()
+  try:
+    mesh = sharding.mesh(FLAGS.config)
+  except ValueError as e:
+    fail(str(e))
+  logging.info("Start: %s", distributed.devices_line(mesh))
+  if FLAGS.dry_run:
+    print(f"restorejax dry run, process {jax.process_index()}: {plan}\n"
+          f"restorejax dry run, process {jax.process_index()}: {distributed.devices_line(mesh)}", flush=True)
+    return
   try:
     summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, train.TrainingError) as e:
@@ -176,6 +185,10 @@ def main(argv: list[str]) -> None:
       raise
     fail(f"no space left on device in --workdir={FLAGS.workdir} (writing {e.filename or 'a file'}); "
          "its checkpoints are intact: free space and run the same command to resume")
+  except jax.errors.JaxRuntimeError:
+    if jax.process_count() > 1:  # a collective that failed because a peer died: the watchdog says which
+      distributed.wait_for_lost_peer()
+    raise
   if summary.get("preempted"):
     logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved.", summary["steps"])
     return

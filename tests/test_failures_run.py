@@ -241,6 +241,14 @@ def test_a_full_disk_is_one_line_naming_the_work_directory_and_keeps_earlier_che
   mgr.close()
 
 
+def test_a_full_disk_before_any_checkpoint_says_there_is_none(tmp_path):
+  mgr = checkpoint.manager(str(tmp_path), _config())
+  message = str(checkpoint._write_error(mgr, OSError(errno.ENOSPC, "No space left on device")))
+  assert message == (f"no space left on device in {tmp_path} (writing a checkpoint to {tmp_path}/checkpoints); "
+                     "no checkpoint had been saved yet; free space and run the same command to start again")
+  mgr.close()
+
+
 def test_a_full_disk_outside_checkpoints_is_one_line(monkeypatch, capsys):
   def full(config, workdir):
     raise OSError(errno.ENOSPC, "No space left on device", os.path.join(workdir, "metrics.jsonl"))

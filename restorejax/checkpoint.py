@@ -64,10 +64,11 @@ def _write_error(mgr: ocp.CheckpointManager, error: BaseException) -> Checkpoint
   directory = os.fspath(mgr.directory)
   steps = sorted(mgr.all_steps())
   intact = (f"the checkpoints already there are intact (latest: step {steps[-1]})" if steps
-            else "no checkpoint was complete before")
+            else "no checkpoint had been saved yet")
+  rerun = "run the same command to resume" if steps else "run the same command to start again"
   if _no_space(error):
     return CheckpointError(f"no space left on device in {os.path.dirname(directory)} (writing a checkpoint "
-                           f"to {directory}); {intact}; free space and run the same command to resume")
+                           f"to {directory}); {intact}; free space and {rerun}")
   return CheckpointError(f"a checkpoint could not be written to {directory} ({_reason(error)}); {intact}")
 
 

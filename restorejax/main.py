@@ -152,10 +152,20 @@ def quiet_libraries() -> None:
       if error in seen:
         return False
       seen.add(error)
-      record.msg, record.args = f"{record.getMessage().splitlines()[0][:200]} ({error})", None
+      message = record.getMessage().splitlines()[0][:300]
+      record.msg, record.args = message if error[:60] in message else f"{message} ({error})", None
       record.exc_info, record.exc_text = None, None
     return True
+
+  def not_orbax_leftover(record) -> bool:
+    """asyncio logs orbax's failed writes once more, with tracebacks, as their tasks are collected."""
+    error = record.exc_info[1] if record.exc_info else None
+    if error is None or os.environ.get("RESTOREJAX_TRACEBACK"):
+      return True
+    return not any(f"{os.sep}orbax{os.sep}" in frame.filename
+                   for frame in traceback.extract_tb(error.__traceback__))
   logging.get_absl_logger().addFilter(keep)
+  std_logging.getLogger("asyncio").addFilter(not_orbax_leftover)
 
 
 def main(argv: list[str]) -> None:

@@ -129,7 +129,10 @@ def initialize_distributed() -> str:
     plan = distributed.resolve(os.environ, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except distributed.DistributedError as e:
     fail(str(e))
-  distributed.start(plan)
+  try:
+    distributed.start(plan)
+  except Exception as e:  # pylint: disable=broad-except  (e.g. no coordinator within the timeout)
+    fail(f"joining the other processes failed ({plan.describe()}): {_one_line(e)}")
   return plan.describe()
 
 

@@ -44,14 +44,20 @@ from restorejax.models import adm_unet
 from restorejax.tasks import diffusion
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
-flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
-flags.DEFINE_multi_string("mesh", [], "Mesh to check, e.g. data:8,fsdp:8 (repeatable); default: config.mesh.")
-flags.DEFINE_string("diffloss_preset", "", "ADM preset (restorejax.models.adm_unet.ADM_PRESETS) whose shapes "
-                    "stand in for config.losses.diffloss.prior.")
-flags.DEFINE_string("model", "", "Check this network (restorejax.models) with its default fields instead of "
-                    "the config's model, e.g. restormer.")
-flags.DEFINE_string("json", "", "Also write the report to this file as JSON.")
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (not on import), so its helpers can be imported beside
+  another command's module that defines `--config` too."""
+  config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
+  flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
+  flags.DEFINE_multi_string("mesh", [], "Mesh to check, e.g. data:8,fsdp:8 (repeatable); default: config.mesh.")
+  flags.DEFINE_string("diffloss_preset", "", "ADM preset (restorejax.models.adm_unet.ADM_PRESETS) whose shapes "
+                      "stand in for config.losses.diffloss.prior.")
+  flags.DEFINE_string("model", "", "Check this network (restorejax.models) with its default fields instead of "
+                      "the config's model, e.g. restormer.")
+  flags.DEFINE_string("json", "", "Also write the report to this file as JSON.")
+
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -240,6 +246,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  define_flags()
   flags.mark_flag_as_required("config")
   app.run(main)
 

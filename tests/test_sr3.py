@@ -52,9 +52,31 @@ def task():
   return tasks.build(load_config(**SMALL))
 
 
+def random_params(task, seed=0):
+  """Parameters of the task's shapes without compiling its init (slow on XLA:CPU): fan-in scaled normal
+  kernels, unit norm scales, zero biases."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = sharding.path_str(path).rsplit("/", 1)[-1]
+    if name == "scale":
+      return np.ones(leaf.shape, np.float32)
+    if name == "bias":
+      return np.zeros(leaf.shape, np.float32)
+    return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(task.init_params, jax.random.PRNGKey(0)))
+
+
 @pytest.fixture(scope="module")
 def params(task):
-  return jax.jit(task.init_params)(jax.random.PRNGKey(0))
+  return random_params(task)
+
+
+@pytest.fixture(scope="module")
+def evaluator(task):
+  mesh = sharding.mesh(task.config)
+  return task.evaluator(mesh, sharding.batch_sharding(task.config, mesh))
 
 
 def test_loss_trains(task, params):
@@ -83,9 +105,9 @@ def test_loss_rejects_a_same_size_degraded(task, params):
     jax.eval_shape(task.loss, params, {"target": hr, "degraded": hr}, jax.random.PRNGKey(0), {})
 
 
-def test_samples_scale_consistency_and_determinism(task, params):
+def test_samples_scale_consistency_and_determinism(task, params, evaluator):
   _, lr = hr_lr(n=2)
-  fn = jax.jit(task.sample_fn)
+  fn = evaluator.sample  # the evaluator's jitted sampler: the same shapes, compiled once for both tests
   a = np.asarray(fn(params, lr, jax.random.PRNGKey(5)))
   assert a.shape == (2, 16, 16, 3) and a.min() >= 0 and a.max() <= 1
   np.testing.assert_array_equal(a, np.asarray(fn(params, lr, jax.random.PRNGKey(5))))
@@ -101,9 +123,8 @@ def test_samples_scale_consistency_and_determinism(task, params):
   np.testing.assert_array_equal(d, np.asarray(ddim(params, lr, jax.random.PRNGKey(5))))
 
 
-def test_evaluator_reports_sr_metrics_against_bicubic(task, params):
-  mesh = sharding.mesh(task.config)
-  ev = task.evaluator(mesh, sharding.batch_sharding(task.config, mesh))
+def test_evaluator_reports_sr_metrics_against_bicubic(params, evaluator):
+  ev = evaluator
   scalars, imgs = ev(params)
   for name in ("psnr", "ssim", "consistency"):
     assert np.isfinite(scalars[f"eval/{name}"]) and np.isfinite(scalars[f"eval/bicubic_{name}"])
@@ -120,10 +141,10 @@ def test_sharded_sampler_on_8_devices_equals_one_device():
       import jax, numpy as np
       from jax.sharding import NamedSharding, PartitionSpec as P
       from restorejax import sharding, tasks
-      from test_sr3 import load_config, hr_lr, SMALL
+      from test_sr3 import load_config, hr_lr, random_params, SMALL
       config = load_config(**SMALL)
       task = tasks.build(config)
-      params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
+      params = random_params(task)
       _, lr = hr_lr(n=8)
       key = jax.random.PRNGKey(3)
       one = np.asarray(jax.jit(task.sample_fn)(params, lr, key))
@@ -240,10 +261,7 @@ def test_cascade_runs_two_stages_from_run_directories(tmp_path):
   for i, variant in enumerate(("16-32,tiny", "32-64,tiny")):
     config = load_config("configs/sr3_cascade.py", variant, **SMALL)
     task = tasks.build(config)
-    # Random weights everywhere (no init compile): the stages only have to run, at the right sizes.
-    shapes = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(i)
-    params = jax.tree_util.tree_map(lambda s: rng.normal(0, 0.05, s.shape).astype(np.float32), shapes)
+    params = random_params(task, seed=i)
     checkpoint.export_params(str(tmp_path / f"stage{i}"), config, params)
     dirs.append(str(tmp_path / f"stage{i}"))
   image = procedural._cached(1, 12, 0)[:, :10]  # 12x10 LR: odd sizes pad inside and crop back

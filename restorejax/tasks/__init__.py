@@ -22,6 +22,7 @@ import ml_collections
 TASKS = {
     "restoration": ("restorejax.tasks.restoration", "Restoration"),
     "diffusion": ("restorejax.tasks.diffusion", "Diffusion"),
+    "sr3": ("restorejax.tasks.sr3", "SR3"),
 }
 
 

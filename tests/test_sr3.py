@@ -299,3 +299,19 @@ def test_cascade_command_names_a_bad_run_directory(tmp_path):
   want = f"restorejax: error: {tmp_path / 'missing'}: no config.json (is it a restorejax run directory?)"
   assert proc.stderr.strip().splitlines()[-1] == want
   assert not (tmp_path / "o").exists()  # nothing written when the stages cannot be loaded
+
+
+def test_sr3_tiny_config_trains_through_the_trainer(tmp_path):
+  """configs/sr3.py:tiny on the shared SR data path (data.scale, LR made on the device): the summary holds
+  the SR3 evaluation (PSNR, consistency, the bicubic baseline) and the run writes its sample grid."""
+  from conftest import read_summary, run_main  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "sr3")
+  fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  run_main(workdir, config="configs/sr3.py:tiny",
+           env={"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {fast}".strip()})
+  summary = read_summary(workdir)
+  for key in ("eval/psnr", "eval/consistency", "eval/bicubic_psnr", "eval/bicubic_consistency"):
+    assert np.isfinite(summary[key]), (key, summary)
+  assert summary["steps"] == 20
+  grid = images.to_rgb8(images.read(os.path.join(workdir, "samples.png")))[0]
+  assert grid.shape[0] >= 16 and grid.shape[1] >= 3 * 16

@@ -19,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (clu, tfds) sta
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+from restorejax import allocator  # pylint: disable=g-import-not-at-top
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, summary.json; resumed if present.")
@@ -107,6 +109,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet_libraries()
+  allocator.keep_freed_memory()  # XLA:CPU steps reuse their pages instead of faulting them in again
   import jax  # pylint: disable=g-import-not-at-top
   from restorejax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):

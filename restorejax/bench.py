@@ -1,6 +1,7 @@
 """Benchmarks that print figures (never timed tests).
 
   python -m restorejax.bench step --config=configs/default.py [--baseline=configs/default.py:tiny]
+  python -m restorejax.bench step --against=pytorch [--config=configs/default.py] [--shapes=config,gopro]
   python -m restorejax.bench data --config=configs/default.py
   python -m restorejax.bench convs --config=configs/default.py
 
@@ -8,6 +9,14 @@
 FLOPs per step (XLA cost analysis) and MFU when the device's peak is known. With `--baseline`, the same
 figures for a second config measured in the same process, interleaved, and their ratios: the way to compare
 on a shared, noisy machine (e.g. the cost of DiffLoss over a plain step).
+With `--against=pytorch`, for each NAFNet shape of `--shapes` ('config': the config as given, default
+configs/default.py; 'gopro': the same with the GoPro network, width 32, enc (1,1,1,28), middle 1,
+dec (1,1,1,1), batch 4 of 128x128), the trainer's step against the official PyTorch eager step of the same
+network (restorejax/bench_torch/nafnet.py: forward, L1, backward, clipping, AdamW, EMA; torch threads = CPU
+count), alternated round by round, each round's step times printed, and the speed ratio
+restorejax / PyTorch (PyTorch step time / ours; above 1: we are faster). The PyTorch side gets ready-made
+float batches; ours also synthesises the degradation on the device, as training does. Needs torch (the
+`convert` extra).
 `data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
 (images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
 restorejax/data/bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to
@@ -27,6 +36,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from restorejax import allocator
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config to measure.", lock_config=True)
 config_flags.DEFINE_config_file("baseline", None, "Optional second config, measured alongside.",
@@ -35,6 +46,8 @@ flags.DEFINE_integer("steps", 20, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 3, "Rounds; configs alternate between rounds.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_enum("against", None, ["pytorch"], "step: also time the same NAFNet in PyTorch, alternated.")
+flags.DEFINE_list("shapes", ["config", "gopro"], "step --against: NAFNet shapes to compare (config, gopro).")
 flags.DEFINE_bool("step_alongside", True, "data: also time the config's train step and print host / step.")
 
 
@@ -102,6 +115,8 @@ class StepBench:
 
 def bench_step() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.against == "pytorch":
+    return bench_against()
   benches = {"config": StepBench(FLAGS.config)}
   if FLAGS.baseline is not None:
     benches["baseline"] = StepBench(FLAGS.baseline)
@@ -119,6 +134,102 @@ def bench_step() -> dict:
     }
   results["machine"] = {"devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
                         "processes": jax.process_count(), "cpus": os.cpu_count()}
+  return results
+
+
+# NAFNet shapes of `step --against`: overrides of the given config (issue 17's two CPU shapes).
+SHAPES = {
+    "config": {},
+    "gopro": {"model": dict(width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
+              "data": dict(batch_size=4, patch_size=128)},
+}
+
+
+def shaped(config, shape: str):
+  """A copy of `config` with the overrides of `SHAPES[shape]`."""
+  if shape not in SHAPES:
+    raise ValueError(f"--shapes: unknown shape {shape!r} (known: {', '.join(SHAPES)})")
+  out = config.copy_and_resolve_references()
+  for block, fields in SHAPES[shape].items():
+    out[block].update(fields)
+  return out
+
+
+class TorchStep:
+  """The official PyTorch eager step of the config's NAFNet (restorejax/bench_torch), on fixed batches."""
+
+  def __init__(self, config):
+    import torch  # pylint: disable=g-import-not-at-top  (the `convert` extra; only here)
+    from restorejax.bench_torch import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
+    if config.model.name != "nafnet":
+      raise ValueError(f"--against=pytorch: only NAFNet has a PyTorch port here, not {config.model.name!r}")
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(config.seed)
+    self.trainer = torch_nafnet.Trainer(torch_nafnet.from_config(config.model), config.optim)
+    b, p = config.data.batch_size, config.data.patch_size
+    self.target = torch.rand(b, config.model.channels, p, p)
+    self.degraded = (self.target + 0.1 * torch.randn_like(self.target)).clamp(0, 1)
+    self.times: list[float] = []
+
+  def run(self, steps: int, record: bool = True) -> None:
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      self.trainer.step(self.degraded, self.target).item()
+      if record:
+        self.times.append(time.perf_counter() - t0)
+
+
+def default_config_path() -> str:
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+
+
+def load_config(path: str):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: no such config file (give --config)")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def bench_against() -> dict:
+  """restorejax's train step against the PyTorch port, per shape, alternated round by round."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  base = FLAGS.config if FLAGS.config is not None else load_config(default_config_path())
+  results = {}
+  for shape in FLAGS.shapes:
+    config = shaped(base, shape)
+    ours, theirs = StepBench(config), TorchStep(config)
+    ours.run(FLAGS.warmup, record=False)
+    theirs.run(FLAGS.warmup, record=False)
+    rounds = []
+    for r in range(FLAGS.rounds):
+      start = (len(ours.times), len(theirs.times))
+      sides = (ours, theirs) if r % 2 == 0 else (theirs, ours)  # alternate who goes first
+      for side in sides:
+        side.run(FLAGS.steps)
+      jax_ms = 1e3 * statistics.median(ours.times[start[0]:])
+      torch_ms = 1e3 * statistics.median(theirs.times[start[1]:])
+      rounds.append({"restorejax_ms": jax_ms, "pytorch_ms": torch_ms, "ratio": torch_ms / jax_ms})
+      print(f"{shape} round {r + 1}: restorejax {jax_ms:.1f} ms, pytorch {torch_ms:.1f} ms, "
+            f"restorejax/pytorch speed {torch_ms / jax_ms:.2f}x", file=sys.stderr, flush=True)
+    figures = ours.figures()
+    torch_ms = 1e3 * statistics.median(theirs.times)
+    results[shape] = {
+        "model": {k: config.model[k] for k in ("width", "enc_blocks", "middle_blocks", "dec_blocks")},
+        "batch_size": config.data.batch_size, "patch_size": config.data.patch_size,
+        "restorejax": figures,
+        "pytorch": {"step_ms": torch_ms, "step_ms_min": 1e3 * min(theirs.times),
+                    "images_per_s": config.data.batch_size / torch_ms * 1e3},
+        "rounds": rounds,
+        "speed_ratio_restorejax_over_pytorch": torch_ms / figures["step_ms"],
+    }
+    del ours, theirs
+  results["machine"] = {"cpus": os.cpu_count(), "device_kind": jax.devices()[0].device_kind,
+                        "jax": jax.__version__, "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads()}
   return results
 
 
@@ -167,10 +278,15 @@ def main(argv: list[str]) -> None:
     print(f"usage: python -m restorejax.bench {{{'|'.join(COMMANDS)}}} --config=FILE[:variant] ...",
           file=sys.stderr)
     sys.exit(2)
-  if FLAGS.config is None:
+  if FLAGS.config is None and not (argv[1] == "step" and FLAGS.against):
     print("restorejax.bench: error: --config is required", file=sys.stderr)
     sys.exit(2)
-  results = COMMANDS[argv[1]]()
+  allocator.keep_freed_memory()  # as the trainer does (restorejax/main.py); both sides of --against share it
+  try:
+    results = COMMANDS[argv[1]]()
+  except ValueError as e:
+    print(f"restorejax.bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
   text = json.dumps(results, indent=2, sort_keys=True)
   print(text)
   if FLAGS.json:

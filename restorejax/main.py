@@ -24,6 +24,8 @@ from ml_collections.config_flags import config_flags as config_file  # pylint: d
 
 from restorejax import distributed, sharding  # pylint: disable=g-import-not-at-top
 
+from restorejax import allocator  # pylint: disable=g-import-not-at-top
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, summary.json; resumed if present.")
@@ -175,6 +177,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet_libraries()
+  allocator.keep_freed_memory()  # XLA:CPU steps reuse their pages instead of faulting them in again
   import jax  # pylint: disable=g-import-not-at-top
   from restorejax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):

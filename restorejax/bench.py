@@ -12,11 +12,11 @@ on a shared, noisy machine (e.g. the cost of DiffLoss over a plain step).
 With `--against=pytorch`, for each NAFNet shape of `--shapes` ('config': the config as given, default
 configs/default.py; 'gopro': the same with the GoPro network, width 32, enc (1,1,1,28), middle 1,
 dec (1,1,1,1), batch 4 of 128x128), the trainer's step against the official PyTorch eager step of the same
-network (restorejax/bench_torch/nafnet.py: forward, L1, backward, clipping, AdamW, EMA; torch threads = CPU
-count), alternated round by round, each round's step times printed, and the speed ratio
-restorejax / PyTorch (PyTorch step time / ours; above 1: we are faster). The PyTorch side gets ready-made
-float batches; ours also synthesises the degradation on the device, as training does. Needs torch (the
-`convert` extra).
+network (restorejax/bench_torch/nafnet.py: forward, L1, backward, clipping, AdamW, EMA; torch threads = the
+CPUs the process may use, so `taskset -c 0` compares one core with one), alternated round by round, each
+round's step times printed, and the speed ratio restorejax / PyTorch (PyTorch step time / ours; above 1:
+ours is faster). The PyTorch side gets ready-made float batches; ours also synthesises the degradation on
+the device, as training does. Needs torch (the `convert` extra).
 `data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
 (images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
 restorejax/data/bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to
@@ -163,7 +163,7 @@ class TorchStep:
     from restorejax.bench_torch import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
     if config.model.name != "nafnet":
       raise ValueError(f"--against=pytorch: only NAFNet has a PyTorch port here, not {config.model.name!r}")
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(usable_cpus())
     torch.manual_seed(config.seed)
     self.trainer = torch_nafnet.Trainer(torch_nafnet.from_config(config.model), config.optim)
     b, p = config.data.batch_size, config.data.patch_size
@@ -177,6 +177,11 @@ class TorchStep:
       self.trainer.step(self.degraded, self.target).item()
       if record:
         self.times.append(time.perf_counter() - t0)
+
+
+def usable_cpus() -> int:
+  """CPUs this process may run on (`taskset -c 0` narrows them to one)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def default_config_path() -> str:
@@ -227,7 +232,8 @@ def bench_against() -> dict:
         "speed_ratio_restorejax_over_pytorch": torch_ms / figures["step_ms"],
     }
     del ours, theirs
-  results["machine"] = {"cpus": os.cpu_count(), "device_kind": jax.devices()[0].device_kind,
+  results["machine"] = {"cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
+                        "device_kind": jax.devices()[0].device_kind,
                         "jax": jax.__version__, "torch": torch.__version__,
                         "torch_threads": torch.get_num_threads()}
   return results

@@ -6,6 +6,9 @@ import math
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from conftest import ROOT
 
 
@@ -42,3 +45,74 @@ def test_step_bench_prints_figures_and_ratios_as_json(tmp_path):
   ratios = figures["ratio_config_over_baseline"]
   assert abs(ratios["gflops_per_step_per_device"] - 1) < 1e-6 and ratios["step_ms"] > 0
   assert json.loads(proc.stdout[proc.stdout.index("{"):])["machine"]["devices"] == 1
+
+
+def test_step_against_pytorch_alternates_rounds_and_prints_the_speed_ratio(tmp_path):
+  pytest.importorskip("torch")
+  out = tmp_path / "against.json"
+  tiny = f"{ROOT}/configs/default.py:tiny"
+  proc = subprocess.run([sys.executable, "-m", "restorejax.bench", "step", "--against=pytorch", f"--config={tiny}",
+                         "--shapes=config", "--steps=1", "--rounds=2", "--warmup=0", f"--json={out}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(out.read_text())["config"]
+  assert len(figures["rounds"]) == 2 and figures["model"]["width"] == 8 and figures["batch_size"] == 8
+  ratio = figures["pytorch"]["step_ms"] / figures["restorejax"]["step_ms"]
+  assert math.isclose(figures["speed_ratio_restorejax_over_pytorch"], ratio)
+  assert "config round 2: restorejax" in proc.stderr
+  bad = subprocess.run([sys.executable, "-m", "restorejax.bench", "step", "--against=pytorch", f"--config={tiny}",
+                        "--shapes=huge"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "restorejax.bench: error: --shapes: unknown shape 'huge'" in bad.stderr
+
+
+def test_pytorch_nafnet_port_computes_what_ours_computes():
+  """The PyTorch port (`bench step --against=pytorch`, bench_gpu) is the same function: its state dict,
+  converted as official checkpoints are, gives our NAFNet the same outputs."""
+  torch = pytest.importorskip("torch")
+  from restorejax import convert, models  # pylint: disable=g-import-not-at-top
+  from restorejax.bench_torch import nafnet as torch_nafnet  # pylint: disable=g-import-not-at-top
+  cfg = models.default_config("nafnet")
+  cfg.update(width=8, enc_blocks=(1, 2), middle_blocks=1, dec_blocks=(1, 1))
+  torch.manual_seed(0)
+  net = torch_nafnet.from_config(cfg)
+  with torch.no_grad():  # beta, gamma and the norms away from their identity init
+    for name, p in net.named_parameters():
+      if name.endswith(("beta", "gamma")) or "norm" in name:
+        p.uniform_(-0.5, 1.0)
+  params = convert.convert("nafnet", {k: v.numpy() for k, v in net.state_dict().items()}, cfg)
+  x = np.random.default_rng(0).uniform(size=(2, 20, 24, 3)).astype(np.float32)  # padded to 4s inside
+  ours = np.asarray(models.build(cfg).apply({"params": params}, x))
+  theirs = net(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+  assert np.abs(theirs - x).max() > 0.1  # not the identity
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  # The official hand-written LayerNorm backward equals autograd's.
+  ln = torch_nafnet.LayerNorm2d(5)
+  with torch.no_grad():
+    ln.weight.uniform_(0.5, 1.5)
+  h = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+  w, b = ln.weight.double().detach().requires_grad_(), ln.bias.double().detach().requires_grad_()
+  assert torch.autograd.gradcheck(lambda h, w, b: torch_nafnet.LayerNormFunction.apply(h, w, b, 1e-6), (h, w, b))
+
+
+def test_gpu_bench_dry_runs_the_nafnet_and_diffloss_cases_on_the_cpu(tmp_path):
+  # Two of the four cases keep it cheap: the GoPro and Restormer cases differ from these in fields only.
+  out = tmp_path / "gpu.json"
+  proc = subprocess.run([sys.executable, "-m", "restorejax.bench_gpu", "--dry", f"--out={out}", "--steps=1",
+                         "--warmup=0", "--cases=nafnet-default,diffloss"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(out.read_text())
+  assert figures["dry"] and figures["backend"] == "cpu"
+  assert set(figures["cases"]) == {"nafnet-default", "diffloss"}
+  for name, case in figures["cases"].items():
+    assert case["restorejax"]["step_ms"] > 0 and case["gflops_per_step"] > 0, name
+  # DiffLoss adds two prior forwards and a backward to the same NAFNet step.
+  assert figures["cases"]["diffloss"]["gflops_per_step"] > 2 * figures["cases"]["nafnet-default"]["gflops_per_step"]
+  if "torch" in figures:
+    assert figures["cases"]["nafnet-default"]["pytorch"]["step_ms"] > 0
+  assert "| diffloss | restorejax |" in proc.stdout and "no FLOP count" not in proc.stderr
+
+
+def test_gpu_bench_without_a_gpu_says_so():
+  from restorejax import bench_gpu  # pylint: disable=g-import-not-at-top
+  assert bench_gpu.main(["--out=/nonexistent/x.json"]) == 2

@@ -8,6 +8,8 @@ import tempfile
 
 import pytest
 
+from restorejax import allocator
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Subprocess runs of the same tiny config share compiled executables through this cache.
@@ -15,6 +17,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# In-process steps reuse their pages, as training processes do (restorejax/allocator.py).
+allocator.keep_freed_memory()
 
 
 def run_main(workdir, *overrides, config="configs/default.py:tiny", env=None, timeout=600, check=True):

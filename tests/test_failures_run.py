@@ -256,7 +256,7 @@ def test_a_full_disk_outside_checkpoints_is_one_line(monkeypatch, capsys):
   monkeypatch.setattr(train, "train_and_evaluate", full)
   monkeypatch.setattr(main.FLAGS, "compilation_cache", "")
   monkeypatch.setattr(main.FLAGS, "workdir", "/w")
-  monkeypatch.setattr(main.FLAGS, "config", None)
+  monkeypatch.setattr(main.FLAGS, "config", tiny_config())  # main builds the mesh before training
   with pytest.raises(SystemExit) as e:
     main.main(["restorejax-train"])
   assert e.value.code == 2

@@ -173,11 +173,11 @@ def _config_file(tmp_path, name, body):
 
 
 def test_unknown_loss_in_a_config_file_is_named(tmp_path):
-  cfg = _config_file(tmp_path, "bad_loss", "c.losses.perceptual = {'weight': 1.0}")
+  cfg = _config_file(tmp_path, "bad_loss", "c.losses.perceptule = {'weight': 1.0}")  # misspelt
   proc = subprocess.run([sys.executable, "-m", "restorejax.main", f"--config={cfg}",
                          f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
-  _assert_one_line_error(proc, "config.losses: unknown loss term 'perceptual'")
+  _assert_one_line_error(proc, "config.losses: unknown loss term 'perceptule'")
 
 
 def test_malformed_degradation_range_is_named(tmp_path):

@@ -8,8 +8,9 @@ the baseline the model must beat.
 
 Run:
   python -m restorejax.main --config=configs/swinir_sr.py --workdir=runs/swinir_x2
-Expect on a 2-core CPU: see RESULTS.md ("Super-resolution"); the x2 default is sized to beat bicubic by
-more than 1 dB (Y, crop_border 2) on the held-out set within about 20 minutes.
+Measured (RESULTS.md, "Super-resolution"; 2-core CPU shared with other jobs): the x2 default reaches
+eval/psnr 22.01 dB against eval/bicubic_psnr 20.40 dB (+1.61 dB; Y, crop_border 2; SSIM 0.848 vs 0.774)
+in 574 s wall, +1 dB between steps 200 and 400. The x4 variant is not measured.
 
 Variants (after a colon):
   configs/swinir_sr.py:x2      the default: a small classical-SR SwinIR (embed 32, 2 RSTBs of depth 2,

@@ -102,25 +102,11 @@ def _define_flags() -> None:
   flags.DEFINE_bool("save_stages", False, "Also write every intermediate stage's output.")
 
 
-def _inputs(paths: list[str]) -> list[str]:
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
-      found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                     if os.path.splitext(f)[1].lower() in images.EXTENSIONS and os.path.isfile(os.path.join(p, f)))
-      if not found:
-        raise ValueError(f"{p}: a folder without image files ({', '.join(images.EXTENSIONS)})")
-      out += found
-    else:
-      out.append(p)
-  return out
-
-
 def cascade_files(stages: Sequence[Stage], inputs: list[str], out_dir: str, *, seed: int = 0,
                   save_stages: bool = False, **sampling: Optional[Any]) -> list[str]:
   """Runs the cascade (`load_stage` of each run directory) on every input file; returns the files that
   failed (each reported on stderr)."""
-  files = _inputs(inputs)
+  files = images.files_in(inputs)
   os.makedirs(out_dir, exist_ok=True)
   sampling = {k: v for k, v in sampling.items() if v is not None}
   failures = []

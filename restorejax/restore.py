@@ -61,18 +61,7 @@ def _define_flags() -> None:
 def input_files(paths: list[str]) -> list[str]:
   """Files named, and the image files directly in folders named, in order (folders sorted)."""
   from restorejax.data import images  # pylint: disable=g-import-not-at-top
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
-      found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                     if os.path.splitext(f)[1].lower() in images.EXTENSIONS
-                     and os.path.isfile(os.path.join(p, f)))
-      if not found:
-        raise ValueError(f"{p}: a folder without image files ({', '.join(images.EXTENSIONS)})")
-      out += found
-    else:
-      out.append(p)  # a missing or unreadable file is reported when it is read
-  return out
+  return images.files_in(paths)
 
 
 def _round_up(value: int, multiple: int) -> int:

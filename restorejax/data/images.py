@@ -45,6 +45,22 @@ class Image:
     return self.pixels.shape[0], self.pixels.shape[1]
 
 
+def files_in(paths: list[str]) -> list[str]:
+  """Files named, and the image files directly in folders named, in order (folders sorted); a folder
+  without image files is a ValueError naming it. A missing or unreadable file is reported when read."""
+  out = []
+  for p in paths:
+    if os.path.isdir(p):
+      found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                     if os.path.splitext(f)[1].lower() in EXTENSIONS and os.path.isfile(os.path.join(p, f)))
+      if not found:
+        raise ValueError(f"{p}: a folder without image files ({', '.join(EXTENSIONS)})")
+      out += found
+    else:
+      out.append(p)
+  return out
+
+
 def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
   """(bit depth, colour type, width, height) of a PNG, or None for other formats."""
   if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26:

@@ -2,7 +2,6 @@
 
     restorejax-restore --workdir=DIR in.png [more files or folders] --out=OUTDIR
         [--prior=p.png|PRIOR_DIR] [--tile=512] [--overlap=64] [--tile_batch=1]
-        [--sample_steps=N --seed=S]   (SR3 runs: a sampled super-resolved image, see restorejax.cascade)
 
 Each input is written to OUTDIR/<stem>.png with its own size (exactly `scale` times it for a
 super-resolution network, whose tiles `--tile` / `--overlap` are in input (LR) pixels), bit depth (16-bit in, 16-bit out) and colour mode: a grey image runs through the network as
@@ -41,7 +40,6 @@ from typing import Optional
 import numpy as np
 from absl import app, flags, logging
 
-from restorejax import cascade, checkpoint
 from restorejax import main as cli
 
 FLAGS = flags.FLAGS
@@ -54,8 +52,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("tile", 512, "Tile side in pixels (larger: closer to untiled, more memory).")
   flags.DEFINE_integer("overlap", 64, "Overlap of neighbouring tiles in pixels.")
   flags.DEFINE_integer("tile_batch", 1, "Tiles per network call.")
-  flags.DEFINE_integer("sample_steps", None, "SR3 runs: sampling steps (default: the run's config.sr3).")
-  flags.DEFINE_integer("seed", 0, "SR3 runs: sampling seed (the same seed gives the same images).")
 
 
 def input_files(paths: list[str]) -> list[str]:
@@ -195,12 +191,8 @@ def _write(target: str, pixels: np.ndarray) -> None:
 
 
 def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optional[str] = None,
-                  tile: int = 512, overlap: int = 64, tile_batch: int = 1, seed: int = 0,
-                  sample_steps: Optional[int] = None) -> list[tuple[str, str]]:
+                  tile: int = 512, overlap: int = 64, tile_batch: int = 1) -> list[tuple[str, str]]:
   """Restores `inputs` (files or folders) into `out_dir`; returns the (file, reason) of each failure.
-
-  An SR3 run (`config.task == 'sr3'`) samples instead, as a one-stage cascade (`restorejax.cascade`:
-  `seed`, `sample_steps`; tiling from the run's `config.sr3`).
 
   Raises ValueError for a user mistake that stops everything (no run, bad flags, empty folder).
   """
@@ -216,12 +208,6 @@ def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optio
     raise ValueError(f"--prior={prior}: one prior file serves one input; give a folder of priors paired "
                      "by stem for several")
   _check_outputs(files, out_dir, prior, inputs)
-  if checkpoint.read_config(workdir).get("task") == "sr3":
-    if prior:
-      raise ValueError(f"--prior={prior}: an SR3 run takes no prior")
-    failed = cascade.cascade_files([cascade.load_stage(workdir)], files, out_dir, seed=seed,
-                                   sample_steps=sample_steps)
-    return [(path, "unreadable") for path in failed]
   restore = Restore(workdir, tile=tile, overlap=overlap, tile_batch=tile_batch)
   if prior and not restore.takes_prior:
     raise ValueError(f"--prior={prior}: the network of {workdir} takes no prior (config.model.fusion is "
@@ -265,8 +251,7 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
   try:
     failures = restore_files(FLAGS.workdir, inputs, FLAGS.out, prior=FLAGS.prior, tile=FLAGS.tile,
-                             overlap=FLAGS.overlap, tile_batch=FLAGS.tile_batch, seed=FLAGS.seed,
-                             sample_steps=FLAGS.sample_steps)
+                             overlap=FLAGS.overlap, tile_batch=FLAGS.tile_batch)
   except ValueError as e:
     cli.fail(str(e))
   if failures:
@@ -278,8 +263,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
   """Console entry point `restorejax-restore`."""
   _define_flags()
-  cli.show_in_help(("workdir", "out", "prior", "tile", "overlap", "tile_batch", "sample_steps", "seed",
-                    "compilation_cache"))
+  cli.show_in_help(("workdir", "out", "prior", "tile", "overlap", "tile_batch", "compilation_cache"))
   app.run(main, flags_parser=cli.parse_command_flags)
 
 

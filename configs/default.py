@@ -18,29 +18,20 @@ own config, configs/NAME.py (e.g. configs/restormer.py, configs/dehazenet.py); `
 alone cannot work, the model block holds NAFNet's fields.
 """
 
-import importlib.util
+import importlib
 import os
 
 import ml_collections
 
+from configs import common
 from restorejax import losses, models, optim
 from restorejax.data import degrade
 
 
 def parse_arg(arg: str | None) -> tuple[str, str]:
   """'tiny,model=restormer' -> ('tiny', 'restormer'); the model defaults to 'nafnet'."""
-  variant, model = "default", "nafnet"
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if sep and key != "model":
-      raise ValueError(f"configs/default.py: unknown option {key!r} (known: model)")
-    if sep:
-      model = value
-    else:
-      variant = item
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/default.py: unknown variant {variant!r} (known: default, tiny)")
-  return variant, model
+  args = common.parse_arg(arg, source="configs/default.py", variants=("default", "tiny"), model="nafnet")
+  return args.variant, args.model
 
 
 # A network whose config file is not named after it.
@@ -48,8 +39,7 @@ CONFIG_FILES = {"swinir": "swinir_sr"}
 
 
 def network_config(model: str, variant: str) -> ml_collections.ConfigDict:
-  """configs/<model>.py's config (loaded by path: this file works from any working directory); the
-  'default' variant is that file's own default."""
+  """configs/<model>.py's config; the 'default' variant is that file's own default."""
   if model not in models.MODELS:
     raise ValueError(f"configs/default.py: model={model!r} unknown (known: {', '.join(sorted(models.MODELS))})")
   here = os.path.dirname(os.path.abspath(__file__))
@@ -59,9 +49,7 @@ def network_config(model: str, variant: str) -> ml_collections.ConfigDict:
                      if os.path.isfile(os.path.join(here, f"{CONFIG_FILES.get(m, m)}.py")))
     raise ValueError(f"configs/default.py: model={model}: no configs/{model}.py ships yet (shipped: nafnet, "
                      f"{', '.join(shipped)})")
-  spec = importlib.util.spec_from_file_location(f"restorejax_configs_{model}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = importlib.import_module(f"configs.{CONFIG_FILES.get(model, model)}")
   return module.get_config(None if variant == "default" else variant)
 
 

@@ -19,6 +19,7 @@ Variants (after a colon):
 
 import ml_collections
 
+from configs import common
 from restorejax import optim
 from restorejax.data import degrade
 from restorejax.models import adm_unet
@@ -26,9 +27,7 @@ from restorejax.tasks import diffusion
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "32"
-  if variant not in ("32", "64", "tiny"):
-    raise ValueError(f"configs/diffusion_prior.py: unknown variant {variant!r} (known: 32, 64, tiny)")
+  variant = common.parse_arg(arg, source="configs/diffusion_prior.py", variants=("32", "64", "tiny")).variant
   c = ml_collections.ConfigDict()
   c.task = "diffusion"
   c.seed = 0

@@ -21,15 +21,14 @@ and its converted official weights can be fine-tuned with --config.init_from=DIR
 
 import ml_collections
 
+from configs import common
 from restorejax import losses, models, optim
 
 VARIANTS = ("default", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/rrdbnet.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = common.parse_arg(arg, source="configs/rrdbnet.py", variants=VARIANTS).variant
   scale = 4
   c = ml_collections.ConfigDict()
   c.task = "restoration"

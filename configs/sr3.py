@@ -17,15 +17,14 @@ Variants (after a colon):
 
 import ml_collections
 
+from configs import common
 from restorejax import optim
 from restorejax.models import adm_unet
 from restorejax.tasks import sr3
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/sr3.py: unknown variant {variant!r} (known: default, tiny)")
+  variant = common.parse_arg(arg, source="configs/sr3.py", variants=("default", "tiny")).variant
   c = ml_collections.ConfigDict()
   c.task = "sr3"
   c.seed = 0

@@ -25,15 +25,14 @@ Noise / blur / JPEG before or after the downsampling: --config.data.degrade.nois
 
 import ml_collections
 
+from configs import common
 from restorejax import losses, models, optim
 
 VARIANTS = ("x2", "x4", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "x2"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/swinir_sr.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = common.parse_arg(arg, source="configs/swinir_sr.py", variants=VARIANTS).variant
   scale = 4 if variant == "x4" else 2
   c = ml_collections.ConfigDict()
   c.task = "restoration"

@@ -61,3 +61,73 @@ def parse_arg(arg: Optional[str], *, source: str, variants: Sequence[str] = (),
                                                                       if not isinstance(spec[k], bool)]
       raise ValueError(f"{source}: unknown argument {item!r} (known: {', '.join(known) or 'none'})")
   return ml_collections.ConfigDict(values)
+
+
+def run(*, task: str = "restoration", total_steps: int, log_every: int, eval_every: int,
+        checkpoint_every: int, keep_checkpoints: int = 2,
+        rules: tuple = ((".*", "fsdp"),)) -> ml_collections.ConfigDict:
+  """The fields every run has: its task, seed and cadence, warm start and resume, the non-finite stop, and a
+  data-parallel mesh whose sharding `rules` (regex on parameter path -> spec; restorejax/sharding.py) say
+  what FSDP splits. A config adds `model`, `data`, `eval`, `losses`/its task's block and `optim`."""
+  return ml_collections.ConfigDict({
+      "task": task,                       # see restorejax/tasks
+      "seed": 0,
+      "total_steps": total_steps,
+      "log_every": log_every,
+      "eval_every": eval_every,
+      "checkpoint_every": checkpoint_every,
+      "keep_checkpoints": keep_checkpoints,
+      "init_from": "",                    # run directory or checkpoint to warm-start parameters from
+      "resume_step": -1,                  # -1: resume from the latest checkpoint; N: from checkpoint N
+      "max_nonfinite_steps": 20,          # consecutive skipped (non-finite) steps before the run stops
+      "peak_flops_per_device": 0.0,       # for MFU; 0 = from the device kind (unknown for CPUs)
+      "mesh": (("data", -1),),
+      "sharding": {"rules": tuple(rules), "batch_axes": ("data", "fsdp"), "fsdp_min_size": 2 ** 14},
+  })
+
+
+def restoration_data(degrade: dict, *, eval_num_images: int = 32, scale: Optional[int] = None,
+                     patch_size: int = 64, batch_size: int = 8) -> ml_collections.ConfigDict:
+  """`config.data` of a restoration (or regression super-resolution) run on the embedded procedural images,
+  every source's block present so that `--config.data.source=records` and friends need no file edit."""
+  block = {
+      "source": "procedural",
+      "procedural": {"seed": 0, "num_images": 512, "image_size": 96,
+                     "eval_num_images": eval_num_images, "eval_image_size": 96},
+      "patch_size": patch_size,           # the target's (HR) patch; a multiple of `scale`
+      "batch_size": batch_size,           # global, over all processes
+      "num_workers": 0,                   # grain prefetch processes (0: threads in this process)
+      "read_threads": 2,
+      "degrade": degrade,
+      # Priors: the source's prior goes into batches only with use_prior (False: the no-prior ablation).
+      # A source without priors gets simulated ones (from the target, on the device) when enabled.
+      "use_prior": True,
+      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6)},
+      # Other sources (see restorejax/data/pipeline.py); `source` picks one.
+      "records": {"path": "", "eval_path": "", "tasks": ()},
+      "tfds": {"name": "", "config": "", "split": "train", "eval_split": "test", "data_dir": "", "keys": ""},
+      "mixture": {},                      # {component: {source, <source block>, weight, task}}; set in a file
+      "eval_crop": 0,                     # > 0: evaluate on centre crops of this size (mixed-size sets)
+      "eval_max_images": 0,               # > 0: evaluate on the first N held-out images only
+  }
+  if scale is not None:
+    block["scale"] = scale                # SR factor: LR input = HR patch / scale (1: restoration)
+  return ml_collections.ConfigDict(block)
+
+
+def restoration_eval(*, crop_border: int = 0, test_y_channel: bool = False) -> ml_collections.ConfigDict:
+  """`config.eval` of a restoration run: BasicSR's metric conventions, stated in every report."""
+  return ml_collections.ConfigDict({
+      "batch_size": 8,
+      "dataset": "default",               # 'default' (held-out procedural set) or 'folder:DEGRADED,TARGET[,PRIOR]'
+      "crop_border": crop_border,         # super-resolution: the scale
+      "test_y_channel": test_y_channel,   # super-resolution: True (BT.601 Y)
+      "perceptual": False,                # also LPIPS/NIQE (needs pip install -e ".[perceptual]")
+  })
+
+
+def bicubic_sr() -> dict:
+  """`config.data.degrade` of regression super-resolution: the LR input is made on the device by MATLAB
+  bicubic downsampling by `config.data.scale`, with no blur, noise or JPEG (the 'classical' SR benchmark)."""
+  return {"name": "sr", "order": "classical", "blur_sigma": (0.0, 0.0), "noise_sigma": (0.0, 0.0),
+          "jpeg_quality": (0, 0)}

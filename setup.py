@@ -42,7 +42,7 @@ setuptools.setup(
     description="Sharded JAX/Flax training of image-restoration networks with generative priors and DiffLoss.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["restorejax", "restorejax.*"]),
+    packages=setuptools.find_packages(include=["restorejax", "restorejax.*", "configs", "configs.*"]),
     python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -18,29 +18,20 @@ own config, configs/NAME.py (e.g. configs/restormer.py, configs/dehazenet.py); `
 alone cannot work, the model block holds NAFNet's fields.
 """
 
-import importlib.util
+import importlib
 import os
 
 import ml_collections
 
+from configs import common
 from restorejax import losses, models, optim
 from restorejax.data import degrade
 
 
 def parse_arg(arg: str | None) -> tuple[str, str]:
   """'tiny,model=restormer' -> ('tiny', 'restormer'); the model defaults to 'nafnet'."""
-  variant, model = "default", "nafnet"
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if sep and key != "model":
-      raise ValueError(f"configs/default.py: unknown option {key!r} (known: model)")
-    if sep:
-      model = value
-    else:
-      variant = item
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/default.py: unknown variant {variant!r} (known: default, tiny)")
-  return variant, model
+  args = common.parse_arg(arg, source="configs/default.py", variants=("default", "tiny"), model="nafnet")
+  return args.variant, args.model
 
 
 # A network whose config file is not named after it.
@@ -48,8 +39,7 @@ CONFIG_FILES = {"swinir": "swinir_sr"}
 
 
 def network_config(model: str, variant: str) -> ml_collections.ConfigDict:
-  """configs/<model>.py's config (loaded by path: this file works from any working directory); the
-  'default' variant is that file's own default."""
+  """configs/<model>.py's config; the 'default' variant is that file's own default."""
   if model not in models.MODELS:
     raise ValueError(f"configs/default.py: model={model!r} unknown (known: {', '.join(sorted(models.MODELS))})")
   here = os.path.dirname(os.path.abspath(__file__))
@@ -59,9 +49,7 @@ def network_config(model: str, variant: str) -> ml_collections.ConfigDict:
                      if os.path.isfile(os.path.join(here, f"{CONFIG_FILES.get(m, m)}.py")))
     raise ValueError(f"configs/default.py: model={model}: no configs/{model}.py ships yet (shipped: nafnet, "
                      f"{', '.join(shipped)})")
-  spec = importlib.util.spec_from_file_location(f"restorejax_configs_{model}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = importlib.import_module(f"configs.{CONFIG_FILES.get(model, model)}")
   return module.get_config(None if variant == "default" else variant)
 
 
@@ -69,58 +57,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, model = parse_arg(arg)
   if model != "nafnet":
     return network_config(model, variant)
-  c = ml_collections.ConfigDict()
-  c.task = "restoration"                # see restorejax/tasks
-  c.seed = 0
-  c.total_steps = 1500
-  c.log_every = 50
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  c.init_from = ""                      # run directory or checkpoint to warm-start parameters from
-  c.resume_step = -1                    # -1: resume from the latest checkpoint; N: from checkpoint N
-  c.max_nonfinite_steps = 20            # consecutive skipped (non-finite) steps before the run stops
-  c.peak_flops_per_device = 0.0         # for MFU; 0 = from the device kind (unknown for CPUs)
-
-  c.mesh = (("data", -1),)
-  c.sharding = ml_collections.ConfigDict({
-      "rules": ((".*", "fsdp"),),       # regex on parameter path -> spec (see restorejax/sharding.py)
-      "batch_axes": ("data", "fsdp"),
-      "fsdp_min_size": 2 ** 14,
-  })
+  c = common.run(total_steps=1500, log_every=50, eval_every=500, checkpoint_every=500)
 
   c.model = models.default_config("nafnet")
   c.model.update(width=16, enc_blocks=(1, 1, 2), middle_blocks=2, dec_blocks=(1, 1, 1))
 
-  c.data = ml_collections.ConfigDict({
-      "source": "procedural",
-      "procedural": {"seed": 0, "num_images": 512, "image_size": 96,
-                     "eval_num_images": 32, "eval_image_size": 96},
-      "patch_size": 64,
-      "batch_size": 8,                  # global, over all processes
-      "num_workers": 0,                 # grain prefetch processes (0: threads in this process)
-      "read_threads": 2,
-      "degrade": degrade.default_config(),
-      # Priors: the source's prior goes into batches only with use_prior (False: the no-prior ablation).
-      # A source without priors gets simulated ones (from the target, on the device) when enabled.
-      "use_prior": True,
-      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6)},
-      # Other sources (see restorejax/data/pipeline.py); `source` picks one.
-      "records": {"path": "", "eval_path": "", "tasks": ()},
-      "tfds": {"name": "", "config": "", "split": "train", "eval_split": "test", "data_dir": "", "keys": ""},
-      "mixture": {},                    # {component: {source, <source block>, weight, task}}; set in a file
-      "eval_crop": 0,                   # > 0: evaluate on centre crops of this size (mixed-size sets)
-      "eval_max_images": 0,             # > 0: evaluate on the first N held-out images only
-  })
+  c.data = common.restoration_data(degrade.default_config())
   # Mostly denoising: a small network learns it within minutes on a CPU (see BENCHMARKS.md).
   c.data.degrade.update(blur_sigma=(0.1, 1.0), noise_sigma=(10.0, 50.0))
-  c.eval = ml_collections.ConfigDict({
-      "batch_size": 8,
-      "dataset": "default",             # 'default' (held-out procedural set) or 'folder:DEGRADED,TARGET[,PRIOR]'
-      "crop_border": 0,                 # BasicSR metric conventions, stated in every report
-      "test_y_channel": False,
-      "perceptual": False,              # also LPIPS/NIQE (needs pip install -e ".[perceptual]")
-  })
+  c.eval = common.restoration_eval()
 
   c.losses = losses.default_config(l1=1.0)
   c.optim = optim.default_config()

@@ -20,20 +20,15 @@ Fine-tuning the authors' MATLAB weights: `python -m restorejax.convert --arch de
 --src dehaze.mat --out runs/dehazenet-official`, then configs/finetune.py (see there).
 """
 
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from restorejax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common, default
+from restorejax import models
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/dehazenet.py: unknown variant {variant!r} (known: default, tiny)")
+  variant = common.parse_arg(arg, source="configs/dehazenet.py", variants=("default", "tiny")).variant
   c = default.get_config(variant)
   with c.unlocked():
     c.model = models.default_config("dehazenet")

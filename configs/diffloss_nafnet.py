@@ -19,36 +19,20 @@ and/or `prior=DIR` (default runs/diffusion_prior), e.g. `configs/diffloss_nafnet
 see restorejax/losses/diffloss.py): `losses.diffloss.weight` is gamma, `losses.diffloss.semantic` lambda.
 """
 
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from restorejax.losses import diffloss  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
-  """'tiny,prior=DIR' -> ('tiny', {'prior': 'DIR'})."""
-  variant, options = "default", {}
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if sep:
-      options[key] = value
-    else:
-      variant = item
-  unknown = sorted(set(options) - {"prior"})
-  if unknown:
-    raise ValueError(f"configs/diffloss_nafnet.py: unknown option(s) {', '.join(unknown)} (known: prior)")
-  return variant, options
+from configs import common, default
+from restorejax.losses import diffloss
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, options = parse_arg(arg)
+  args = common.parse_arg(arg, source="configs/diffloss_nafnet.py", variants=("default", "tiny"),
+                          prior="runs/diffusion_prior")
+  variant = args.variant
   c = default.get_config(variant)
   with c.unlocked():
-    c.losses.diffloss.update(weight=1e-3, semantic=1e-3, prior=options.get("prior", "runs/diffusion_prior"))
+    c.losses.diffloss.update(weight=1e-3, semantic=1e-3, prior=args.prior)
     # The prior's parameters live in aux under diffloss/params/...: ADM's FSDP rules, then the restorer's.
     c.sharding.rules = diffloss.sharding_rules() + tuple(c.sharding.rules)
   return c

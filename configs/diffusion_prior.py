@@ -19,6 +19,7 @@ Variants (after a colon):
 
 import ml_collections
 
+from configs import common
 from restorejax import optim
 from restorejax.data import degrade
 from restorejax.models import adm_unet
@@ -26,28 +27,9 @@ from restorejax.tasks import diffusion
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "32"
-  if variant not in ("32", "64", "tiny"):
-    raise ValueError(f"configs/diffusion_prior.py: unknown variant {variant!r} (known: 32, 64, tiny)")
-  c = ml_collections.ConfigDict()
-  c.task = "diffusion"
-  c.seed = 0
-  c.total_steps = 2500
-  c.log_every = 100
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 1
-  c.init_from = ""
-  c.resume_step = -1
-  c.max_nonfinite_steps = 20
-  c.peak_flops_per_device = 0.0
-
-  c.mesh = (("data", -1),)
-  c.sharding = ml_collections.ConfigDict({
-      "rules": adm_unet.ADM_SHARDING_RULES,
-      "batch_axes": ("data", "fsdp"),
-      "fsdp_min_size": 2 ** 14,
-  })
+  variant = common.parse_arg(arg, source="configs/diffusion_prior.py", variants=("32", "64", "tiny")).variant
+  c = common.run(task="diffusion", total_steps=2500, log_every=100, eval_every=500,
+                 checkpoint_every=500, keep_checkpoints=1, rules=adm_unet.ADM_SHARDING_RULES)
 
   c.model = adm_unet.default_config("tiny")
   c.model.update(image_size=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,

@@ -25,12 +25,10 @@ The argument after the colon is comma-separated: `init_from=DIR` (required) and 
 
 import json
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common, default
 
 USAGE = ("configs/finetune.py needs the checkpoint to start from: --config=configs/finetune.py:init_from=DIR "
          "(DIR from `python -m restorejax.convert ... --out DIR`, or a run directory)")
@@ -38,21 +36,10 @@ USAGE = ("configs/finetune.py needs the checkpoint to start from: --config=confi
 
 def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
   """'tiny,init_from=DIR' -> ('tiny', {'init_from': 'DIR'})."""
-  variant, options = "default", {}
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if sep:
-      options[key] = value
-    else:
-      variant = item
-  unknown = sorted(set(options) - {"init_from"})
-  if unknown:
-    raise ValueError(f"configs/finetune.py: unknown option(s) {', '.join(unknown)} (known: init_from)")
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/finetune.py: unknown variant {variant!r} (known: default, tiny)")
-  if not options.get("init_from"):
+  args = common.parse_arg(arg, source="configs/finetune.py", variants=("default", "tiny"), init_from="")
+  if not args.init_from:
     raise ValueError(USAGE)
-  return variant, options
+  return args.variant, {"init_from": args.init_from}
 
 
 def checkpoint_model(path: str) -> ml_collections.ConfigDict:

@@ -21,22 +21,17 @@ on the 100-task suite built from procedural ground truth (no download):
 Measured figures: RESULTS.md ("GIR").
 """
 
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from restorejax.data import degrade  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common, default
+from restorejax.data import degrade
 
 STEPS = {"default": 1500, "weak": 300}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in (*STEPS, "tiny"):
-    raise ValueError(f"configs/gir.py: unknown variant {variant!r} (known: {', '.join((*STEPS, 'tiny'))})")
+  variant = common.parse_arg(arg, source="configs/gir.py", variants=(*STEPS, "tiny")).variant
   c = default.get_config("tiny" if variant == "tiny" else "default")
   with c.unlocked():
     c.data.degrade = ml_collections.ConfigDict(

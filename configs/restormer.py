@@ -19,20 +19,15 @@ The official sizes: --config.model.dim=48 --config.model.num_blocks=(4,6,6,8)
 --config.model.num_refinement_blocks=4 (and --config.data.patch_size=128 or more).
 """
 
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from restorejax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common, default
+from restorejax import models
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/restormer.py: unknown variant {variant!r} (known: default, tiny)")
+  variant = common.parse_arg(arg, source="configs/restormer.py", variants=("default", "tiny")).variant
   c = default.get_config(variant)
   with c.unlocked():
     c.model = models.default_config("restormer")

@@ -17,33 +17,16 @@ Variants (after a colon):
 
 import ml_collections
 
+from configs import common
 from restorejax import optim
 from restorejax.models import adm_unet
 from restorejax.tasks import sr3
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"configs/sr3.py: unknown variant {variant!r} (known: default, tiny)")
-  c = ml_collections.ConfigDict()
-  c.task = "sr3"
-  c.seed = 0
-  c.total_steps = 3000
-  c.log_every = 100
-  c.eval_every = 1000
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 1
-  c.init_from = ""
-  c.max_nonfinite_steps = 20
-  c.peak_flops_per_device = 0.0
-
-  c.mesh = (("data", -1),)
-  c.sharding = ml_collections.ConfigDict({
-      "rules": adm_unet.ADM_SHARDING_RULES,
-      "batch_axes": ("data", "fsdp"),
-      "fsdp_min_size": 2 ** 14,
-  })
+  variant = common.parse_arg(arg, source="configs/sr3.py", variants=("default", "tiny")).variant
+  c = common.run(task="sr3", total_steps=3000, log_every=100, eval_every=1000,
+                 checkpoint_every=500, keep_checkpoints=1, rules=adm_unet.ADM_SHARDING_RULES)
 
   c.model = adm_unet.default_config("tiny")
   c.model.update(image_size=64, in_channels=6, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),

@@ -13,10 +13,9 @@ Run (one after the other; the stages do not depend on each other while training)
 Variants: `16-32`, `32-64`, and each with `,tiny` (toy UNets, 20 steps, 8 -> 16 and 16 -> 32) for tests.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from configs import common, sr3
 
 STAGES = {  # name -> (HR patch, augmentation, its maximum)
     "16-32": (32, "noise", 0.2),
@@ -24,21 +23,11 @@ STAGES = {  # name -> (HR patch, augmentation, its maximum)
 }
 
 
-def _sr3_config(variant: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("configs_sr3", os.path.join(os.path.dirname(__file__), "sr3.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  parts = (arg or "16-32").split(",")
-  stage, tiny = parts[0], parts[1:] == ["tiny"]
-  if stage not in STAGES or parts[1:] not in ([], ["tiny"]):
-    raise ValueError(f"configs/sr3_cascade.py: unknown variant {arg!r} (known: {', '.join(STAGES)}, each "
-                     "optionally followed by ',tiny')")
+  args = common.parse_arg(arg, source="configs/sr3_cascade.py", variants=tuple(STAGES), tiny=False)
+  stage, tiny = args.variant, args.tiny
   patch, augment, max_level = STAGES[stage]
-  c = _sr3_config("tiny" if tiny else "default")
+  c = sr3.get_config("tiny" if tiny else "default")
   if tiny:
     patch //= 2
   with c.unlocked():

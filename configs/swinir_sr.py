@@ -25,61 +25,23 @@ Noise / blur / JPEG before or after the downsampling: --config.data.degrade.nois
 
 import ml_collections
 
+from configs import common
 from restorejax import losses, models, optim
 
 VARIANTS = ("x2", "x4", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "x2"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/swinir_sr.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = common.parse_arg(arg, source="configs/swinir_sr.py", variants=VARIANTS).variant
   scale = 4 if variant == "x4" else 2
-  c = ml_collections.ConfigDict()
-  c.task = "restoration"
-  c.seed = 0
-  c.total_steps = 800
-  c.log_every = 50
-  c.eval_every = 200
-  c.checkpoint_every = 200
-  c.keep_checkpoints = 2
-  c.init_from = ""
-  c.max_nonfinite_steps = 20
-  c.peak_flops_per_device = 0.0
-
-  c.mesh = (("data", -1),)
-  c.sharding = ml_collections.ConfigDict({
-      "rules": ((".*", "fsdp"),), "batch_axes": ("data", "fsdp"), "fsdp_min_size": 2 ** 14})
+  c = common.run(total_steps=800, log_every=50, eval_every=200, checkpoint_every=200)
 
   c.model = models.default_config("swinir")
   c.model.update(upscale=scale, upsampler="pixelshuffle", embed_dim=32, depths=(2, 2), num_heads=(4, 4),
                  window_size=8, mlp_ratio=2.0, resi_connection="1conv", img_range=1.0)
 
-  c.data = ml_collections.ConfigDict({
-      "source": "procedural",
-      "procedural": {"seed": 0, "num_images": 512, "image_size": 96,
-                     "eval_num_images": 16, "eval_image_size": 96},
-      "scale": scale,                   # SR factor: LR input = HR patch / scale (1: restoration)
-      "patch_size": 16 * scale,         # HR patch (LR 16x16: two windows a side); a multiple of scale
-      "batch_size": 8,
-      "num_workers": 0,
-      "read_threads": 2,
-      "degrade": {"name": "sr", "order": "classical", "blur_sigma": (0.0, 0.0), "noise_sigma": (0.0, 0.0),
-                  "jpeg_quality": (0, 0)},
-      "use_prior": True,
-      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6)},
-      "records": {"path": "", "eval_path": "", "tasks": ()},
-      "tfds": {"name": "", "config": "", "split": "train", "eval_split": "test", "data_dir": "", "keys": ""},
-      "mixture": {},
-      "eval_crop": 0,
-      "eval_max_images": 0,
-  })
-  c.eval = ml_collections.ConfigDict({
-      "batch_size": 8,
-      "dataset": "default",
-      "crop_border": scale,             # BasicSR's SR conventions: crop the scale, Y channel
-      "test_y_channel": True,
-  })
+  c.data = common.restoration_data(common.bicubic_sr(), eval_num_images=16, scale=scale, patch_size=16 * scale)
+  c.eval = common.restoration_eval(crop_border=scale, test_y_channel=True)  # BasicSR's SR conventions
 
   c.losses = losses.default_config(l1=1.0)
   c.optim = optim.default_config()

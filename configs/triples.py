@@ -19,30 +19,19 @@ crops, 60 steps, no worker processes; no overrides needed, eval on the training 
 No figure measured yet on a real dataset: this config has only been run on tiny generated sets.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py's config, loaded by path so this file works from any working directory."""
-  spec = importlib.util.spec_from_file_location("restorejax_configs_default",
-                                                os.path.join(os.path.dirname(__file__), "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: the dataset directory, optionally with `,tiny` (the smoke-test variant)."""
-  parts = (arg or "").split(",")
-  tiny = "tiny" in parts
-  arg = ",".join(p for p in parts if p != "tiny")
+  args = common.parse_arg(arg, source="configs/triples.py", positional="path", path="", tiny=False)
+  tiny, arg = args.tiny, args.path
   if not arg:
     raise ValueError("configs/triples.py needs the dataset directory: --config=configs/triples.py:/path/to/records"
                      " (smoke test: configs/triples.py:/path/to/records,tiny)")
-  c = _default_config()
+  c = default.get_config()
   c.unlock()
   c.total_steps = 100_000
   c.log_every = 100

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from restorejax.data import images as image_io
+
 
 class JsonlWriter:
   """Appends every `write_scalars` call to a JSON-lines file; ignores the other kinds of summaries.
@@ -115,7 +117,6 @@ def write_image_files(workdir: str, images: Mapping[str, np.ndarray]) -> None:
   examples of one (N, H, W, 3) uint8 batch are stacked vertically."""
   if jax.process_index() > 0:
     return
-  from restorejax.data import images as image_io  # pylint: disable=g-import-not-at-top
   for name, batch in images.items():
     batch = np.asarray(batch)
     file = name.split("/", 1)[-1].replace("/", "_") + ".png"

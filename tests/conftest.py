@@ -50,7 +50,6 @@ def read_metrics(workdir, name):
 
 def tiny_config(**updates):
   """configs/default.py:tiny, unlocked copies of the fields given as dotted keys."""
-  sys.path.insert(0, ROOT)
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config("tiny")
   with config.unlocked():

@@ -159,8 +159,6 @@ def test_prior_stays_frozen_through_train_steps(prior):
 
 
 def test_config_rules_shard_the_prior_like_adm():
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import diffloss_nafnet  # pylint: disable=g-import-not-at-top
   config = diffloss_nafnet.get_config("tiny,prior=/nowhere")
   assert config.losses.diffloss.prior == "/nowhere" and config.losses.diffloss.weight == 1e-3

@@ -61,9 +61,6 @@ def test_held_out_loss_is_deterministic_and_sample_grid_layout(run):
 
 
 def test_the_64_variant_builds():
-  import sys  # pylint: disable=g-import-not-at-top
-  from conftest import ROOT  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, ROOT)
   from configs import diffusion_prior  # pylint: disable=g-import-not-at-top
   config = diffusion_prior.get_config("64")
   task = tasks.build(config)

@@ -305,7 +305,6 @@ def test_the_parameter_overview_is_in_tensorboard(trained):
 # --- Configs --------------------------------------------------------------------------------------------
 
 def test_triples_has_a_tiny_variant_that_needs_no_overrides(tmp_path):
-  sys.path.insert(0, ROOT)
   from configs import triples  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
 

@@ -166,9 +166,9 @@ def _config_file(tmp_path, name, body):
   """A config file deriving from configs/default.py:tiny; `body` edits `c` (unlocked)."""
   path = tmp_path / f"{name}.py"
   path.write_text(
-      "import sys\nsys.path.insert(0, %r)\nfrom configs import default\n"
+      "from configs import default\n"
       "def get_config():\n  c = default.get_config('tiny')\n  with c.unlocked():\n    %s\n  return c\n"
-      % (ROOT, body))
+      % body)
   return str(path)
 
 

@@ -17,20 +17,14 @@ Every variant is evaluated with LPIPS (AlexNet) and NIQE (`config.eval.perceptua
 192x192 (NIQE needs two whole 96x96 blocks). The table: runs/sweep_diffloss_perceptual/results.md.
 """
 
+from configs import common
+
 TINY = {"total_steps": 10, "log_every": 5, "eval_every": 10, "checkpoint_every": 10}
 
 
 def parse_arg(arg):
-  tiny, prior = False, "runs/diffusion_prior"
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if item == "tiny":
-      tiny = True
-    elif sep and key == "prior":
-      prior = value
-    else:
-      raise ValueError(f"configs/sweeps/diffloss_perceptual.py: unknown argument {item!r} (known: tiny, prior=DIR)")
-  return tiny, prior
+  args = common.parse_arg(arg, source="configs/sweeps/diffloss_perceptual.py", tiny=False, prior="runs/diffusion_prior")
+  return args.tiny, args.prior
 
 
 def get_sweep(arg=None):

@@ -12,23 +12,14 @@ default config's 0.2:0.6 is much harder), 'tiny' (10 steps, for tests). Every va
 centre crops of the training patch size, for the reason given in configs/sweeps/losses.py.
 """
 
+from configs import common
+
 MODES = ("none", "concat", "sft", "xattn")
 
 
 def parse_arg(arg):
-  steps, severity, tiny = 400, (0.0, 0.2), False
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if item == "tiny":
-      tiny = True
-    elif sep and key == "steps":
-      steps = int(value)
-    elif sep and key == "severity":
-      lo, _, hi = value.partition(":")
-      severity = (float(lo), float(hi))
-    else:
-      raise ValueError(f"configs/sweeps/fusion.py: unknown argument {item!r} (known: steps=N, severity=LO:HI, tiny)")
-  return steps, severity, tiny
+  args = common.parse_arg(arg, source="configs/sweeps/fusion.py", steps=400, severity=(0.0, 0.2), tiny=False)
+  return args.steps, tuple(args.severity), args.tiny
 
 
 def get_sweep(arg=None):

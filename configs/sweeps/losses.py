@@ -20,22 +20,16 @@ Every variant is evaluated on 64x64 centre crops of the held-out images (the tra
 Results: runs/sweep_losses/results.md, results.csv, results.png; measured figures in RESULTS.md.
 """
 
+from configs import common
+
 PRIOR_TERMS = {"losses.prior_color.weight": 0.01, "losses.prior_patch.weight": 0.01,
                "losses.prior_gradient.weight": 0.01}
 TINY = {"total_steps": 10, "log_every": 5, "eval_every": 10, "checkpoint_every": 10}
 
 
 def parse_arg(arg):
-  tiny, prior = False, "runs/diffusion_prior"
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if item == "tiny":
-      tiny = True
-    elif sep and key == "prior":
-      prior = value
-    else:
-      raise ValueError(f"configs/sweeps/losses.py: unknown argument {item!r} (known: tiny, prior=DIR)")
-  return tiny, prior
+  args = common.parse_arg(arg, source="configs/sweeps/losses.py", tiny=False, prior="runs/diffusion_prior")
+  return args.tiny, args.prior
 
 
 def get_sweep(arg=None):

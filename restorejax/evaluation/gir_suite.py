@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from restorejax.data import degrade, images, procedural
+from restorejax.evaluation import datasets, evaluator
+from restorejax.evaluation.evaluator import LazyExample
 
 MANIFEST = "manifest.json"
 NUM_TASKS = 100
@@ -104,7 +106,6 @@ def default_gt(num_images: int = 16, size: int = 64, seed: int = 0) -> dict[str,
 
 def read_gt(folder: str) -> dict[str, np.ndarray]:
   """stem -> uint8 RGB of every image file directly in `folder` (converted with images.to_rgb8)."""
-  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
   files = datasets._image_files(folder, "ground-truth")  # pylint: disable=protected-access
   return {stem: datasets.read_rgb8(path) for stem, path in files.items()}
 
@@ -206,8 +207,6 @@ def load_manifest(suite_dir: str) -> dict[str, Any]:
 
 def examples(suite_dir: str) -> dict[str, list]:
   """task name -> lazily read examples (named '<task>/<stem>') of every task and real set of a suite."""
-  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
-  from restorejax.evaluation.evaluator import LazyExample  # pylint: disable=g-import-not-at-top
   manifest = load_manifest(suite_dir)
   gt_dir = os.path.join(suite_dir, manifest["gt"]["dir"])
   out = {}
@@ -227,7 +226,6 @@ def examples(suite_dir: str) -> dict[str, list]:
 
 
 def _load_synthetic(degraded: str, target: str) -> dict[str, np.ndarray]:
-  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
   return {"degraded": datasets.read_rgb8(degraded), "target": datasets.read_rgb8(target)}
 
 
@@ -239,7 +237,6 @@ def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str,
   All tasks go through one evaluator per prior status (synthetic tasks have none), so the model
   compiles once per image canvas, not once per task.
   """
-  from restorejax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   by_task = examples(suite_dir)
   groups: dict[bool, list] = {}
   for exs in by_task.values():

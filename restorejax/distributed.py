@@ -295,9 +295,11 @@ def _start_service(args: Mapping[str, Any]) -> _DetachedService:
   line = child.stdout.readline().strip()
   if line != "ready":
     child.wait()
-    error = (line + " " + child.stderr.read()).strip().splitlines()
-    raise DistributedError(f"the coordination service on {args['coordinator_address']} did not start: "
-                           f"{error[-1] if error else f'exit status {child.returncode}'}")
+    lines = [re.sub(r"^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] ", "", l)  # C++ log prefixes
+             for l in (line + "\n" + child.stderr.read()).strip().splitlines()]
+    error = next((l for l in lines if "Failed to add port" in l), lines[-1] if lines else "")
+    raise DistributedError(f"the coordination service on {args['coordinator_address']} did not start "
+                           f"(is the port in use?): {error or f'exit status {child.returncode}'}")
   child.stdout.close()
   child.stderr.close()
   return _DetachedService(child)

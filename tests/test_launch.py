@@ -141,7 +141,7 @@ def test_a_coordination_service_that_cannot_start_is_one_error():
     taken.listen()
     port = taken.getsockname()[1]
     with pytest.raises(distributed.DistributedError,
-                       match=rf"the coordination service on 127.0.0.1:{port} did not start: "):
+                       match=rf"the coordination service on 127.0.0.1:{port} did not start \(is the port in use\?\): "):
       distributed._start_service({"coordinator_address": f"127.0.0.1:{port}", "num_processes": 2})  # pylint: disable=protected-access
 
 

@@ -20,7 +20,12 @@ independent copies of the run writing to one work directory.
 
 A process that loses a peer stops within `RESTOREJAX_PEER_TIMEOUT_S` seconds (default 30) with one line
 naming the process and saying to rerun the same command to resume (`watch_peers`), instead of JAX's C++
-abort after its heartbeat timeout.
+abort after its heartbeat timeout. That holds for process 0 too: where process 0 knows its index (local,
+gpu_node, slurm), JAX's coordination service runs in a detached child of process 0 instead of inside it
+(`serve`), so that killing process 0 does not take the service down with it; inside process 0, its loss
+would make every other process's JAX client abort at once with a C++ stack trace (measured: 2 s), and
+jaxlib's `missed_heartbeat_callback` cannot replace that abort (its status argument fails to convert,
+`std::bad_cast`). The child outlives a killed process 0 by the peer timeout plus a margin, then exits.
 
 `python -m restorejax.distributed [--coordinator_address=... --num_processes=N --process_id=i]` prints the
 plan this environment resolves to, without starting JAX (`--dry_run` of the train command starts it).
@@ -31,6 +36,7 @@ import collections
 import dataclasses
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -220,13 +226,98 @@ def resolve(env: Mapping[str, str], coordinator_address: Optional[str] = None,
 
 def start(plan: Plan) -> None:
   """Calls `jax.distributed.initialize(**plan.init_args)` (nothing for a one-process plan) and starts the
-  peer watchdog."""
+  peer watchdog; process 0 first starts the coordination service in a detached child (`serve`)."""
   if plan.init_args is None:
     return
-  jax.distributed.initialize(**plan.init_args)
+  args = plan.init_args
+  if args.get("process_id") == 0 and args.get("coordinator_address") and _can_serve_elsewhere():
+    service = _start_service(args)
+    with _service_elsewhere(service):
+      jax.distributed.initialize(**args)
+  else:
+    jax.distributed.initialize(**args)
   client = jax_distributed.global_state.client
   if client is not None and jax.process_count() > 1:
     watch_peers(client, jax.process_index(), jax.process_count(), peer_timeout_s(os.environ))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The coordination service beside process 0, not inside it.
+# ----------------------------------------------------------------------------------------------------
+
+_SERVICE_FACTORY = "get_distributed_runtime_service"
+
+
+def _can_serve_elsewhere() -> bool:
+  """jax.distributed.initialize starts the service through this jaxlib function (checked, not assumed)."""
+  return callable(getattr(getattr(jax_distributed, "_jax", None), _SERVICE_FACTORY, None))
+
+
+class _DetachedService:
+  """What `jax.distributed` holds as process 0's service: stopping it stops the child."""
+
+  def __init__(self, child: subprocess.Popen):
+    self.child = child
+
+  def shutdown(self) -> None:
+    if self.child.poll() is None:
+      self.child.terminate()
+
+
+class _service_elsewhere:  # pylint: disable=invalid-name  (a context manager used like a function)
+  """While JAX initializes, its call that would start the service in this process returns `service`."""
+
+  def __init__(self, service: _DetachedService):
+    self.service = service
+
+  def __enter__(self):
+    self.original = getattr(jax_distributed._jax, _SERVICE_FACTORY)  # pylint: disable=protected-access
+    setattr(jax_distributed._jax, _SERVICE_FACTORY, lambda *a, **k: self.service)  # pylint: disable=protected-access
+
+  def __exit__(self, *exc):
+    setattr(jax_distributed._jax, _SERVICE_FACTORY, self.original)  # pylint: disable=protected-access
+
+
+def _bind_address(coordinator_address: str) -> str:
+  return os.environ.get("JAX_COORDINATOR_BIND_ADDRESS", "[::]:" + coordinator_address.rsplit(":", 1)[1])
+
+
+def _start_service(args: Mapping[str, Any]) -> _DetachedService:
+  """Starts `serve` in a new session (a SIGKILL of this process's group does not reach it) and waits for
+  its 'ready'; a service that cannot start (port taken, ...) is a DistributedError naming the address."""
+  heartbeat = int(args.get("heartbeat_timeout_seconds", 100))
+  linger = peer_timeout_s(os.environ) + 30
+  cmd = [sys.executable, "-m", "restorejax.distributed", "--serve", _bind_address(args["coordinator_address"]),
+         "--num_processes", str(args["num_processes"]), "--heartbeat_s", str(heartbeat),
+         "--parent_pid", str(os.getpid()), "--linger_s", str(linger)]
+  child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+  line = child.stdout.readline().strip()
+  if line != "ready":
+    child.wait()
+    lines = [re.sub(r"^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] ", "", l)  # C++ log prefixes
+             for l in (line + "\n" + child.stderr.read()).strip().splitlines()]
+    error = next((l for l in lines if "Failed to add port" in l), lines[-1] if lines else "")
+    raise DistributedError(f"the coordination service on {args['coordinator_address']} did not start "
+                           f"(is the port in use?): {error or f'exit status {child.returncode}'}")
+  child.stdout.close()
+  child.stderr.close()
+  return _DetachedService(child)
+
+
+def serve(bind_address: str, num_processes: int, heartbeat_s: int, parent_pid: int, linger_s: float) -> None:
+  """JAX's coordination service for `num_processes` clients, until `parent_pid` (process 0) is gone plus
+  `linger_s` (the others' watchdogs need it to see that process 0 stopped) or until terminated."""
+  service = jax_distributed._jax.get_distributed_runtime_service(  # pylint: disable=protected-access
+      bind_address, num_processes, heartbeat_timeout=heartbeat_s)
+  print("ready", flush=True)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 1)  # the parent stops reading: nothing more may go to its pipes
+  os.dup2(devnull, 2)
+  while os.getppid() == parent_pid:
+    time.sleep(0.5)
+  time.sleep(linger_s)
+  service.shutdown()
 
 
 def devices_line(mesh: Any) -> str:
@@ -309,7 +400,14 @@ def main() -> None:
   parser.add_argument("--coordinator_address")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
+  parser.add_argument("--serve", metavar="BIND_ADDRESS", help=argparse.SUPPRESS)  # process 0's child
+  parser.add_argument("--heartbeat_s", type=int, default=100, help=argparse.SUPPRESS)
+  parser.add_argument("--parent_pid", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--linger_s", type=float, default=60, help=argparse.SUPPRESS)
   a = parser.parse_args()
+  if a.serve:
+    serve(a.serve, a.num_processes, a.heartbeat_s, a.parent_pid, a.linger_s)
+    return
   try:
     plan = resolve(os.environ, a.coordinator_address, a.num_processes, a.process_id)
   except DistributedError as e:

@@ -7,6 +7,7 @@ for real (two CPU processes of the tiny config) for the dry run and for a peer S
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,16 @@ def test_watchdog_names_the_silent_peer():
   assert lost and lost[0][:3] == ([2], 0, 3)
 
 
+def test_a_coordination_service_that_cannot_start_is_one_error():
+  with socket.socket(socket.AF_INET6) as taken:
+    taken.bind(("::", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with pytest.raises(distributed.DistributedError,
+                       match=rf"the coordination service on 127.0.0.1:{port} did not start \(is the port in use\?\): "):
+      distributed._start_service({"coordinator_address": f"127.0.0.1:{port}", "num_processes": 2})  # pylint: disable=protected-access
+
+
 def _fake_python(tmp_path):
   """A stand-in for `python -m restorejax.main`: process 1 fails with status 3 after a moment."""
   path = tmp_path / "python"
@@ -196,8 +207,9 @@ def test_dead_peer_ends_the_survivor_with_one_line_and_the_rerun_resumes_exactly
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     assert time.time() - start < 600, "no checkpoint 20"
     time.sleep(0.05)
+  # Process 0, the coordinator: the hardest case (JAX's service used to live in it; see distributed.py).
   victim = [c for c in _children(proc.pid)
-            if "--process_id=1" in open(f"/proc/{c}/cmdline").read().split("\0")]
+            if "--process_id=0" in open(f"/proc/{c}/cmdline").read().split("\0")]
   os.kill(victim[0], signal.SIGKILL)
   killed = time.time()
   _, stderr = proc.communicate(timeout=180)
@@ -205,7 +217,8 @@ def test_dead_peer_ends_the_survivor_with_one_line_and_the_rerun_resumes_exactly
   assert not (workdir / "summary.json").exists(), "the run ended before the kill"
   assert proc.returncode == 128 + signal.SIGKILL, stderr[-3000:]  # local.sh: the first process to fail
   lines = [l for l in stderr.splitlines() if l.startswith("restorejax: error:")]
-  assert lines == [lines[0]] and "process 1 of 2 stopped or became unreachable" in lines[0], stderr[-3000:]
+  assert lines == [lines[0]] and "process 0 (the coordinator) of 2 stopped or became unreachable" in lines[0], \
+      stderr[-3000:]
   assert "Rerun the same command to resume" in lines[0]
   assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
 

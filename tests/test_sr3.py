@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -297,17 +298,52 @@ def test_cascade_command_names_a_bad_run_directory(tmp_path):
   assert not (tmp_path / "o").exists()  # nothing written when the stages cannot be loaded
 
 
-def test_sr3_tiny_config_trains_through_the_trainer(tmp_path):
+FAST_XLA = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0 "
+                         "--xla_llvm_disable_expensive_passes=true".strip()}
+SR3_RUN = ("--config.checkpoint_every=10",)  # a checkpoint mid-run, for the SIGKILL test
+
+
+@pytest.fixture(scope="module")
+def sr3_run(tmp_path_factory):
+  """An uninterrupted configs/sr3.py:tiny run (20 steps, checkpoints at 10 and 20)."""
+  from conftest import run_main  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("sr3") / "run")
+  run_main(workdir, *SR3_RUN, config="configs/sr3.py:tiny", env=FAST_XLA)
+  return workdir
+
+
+def test_sr3_tiny_config_trains_through_the_trainer(sr3_run):
   """configs/sr3.py:tiny on the shared SR data path (data.scale, LR made on the device): the summary holds
   the SR3 evaluation (PSNR, consistency, the bicubic baseline) and the run writes its sample grid."""
-  from conftest import read_summary, run_main  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path / "sr3")
-  fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  run_main(workdir, config="configs/sr3.py:tiny",
-           env={"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {fast}".strip()})
+  from conftest import read_summary  # pylint: disable=g-import-not-at-top
+  workdir = sr3_run
   summary = read_summary(workdir)
   for key in ("eval/psnr", "eval/consistency", "eval/bicubic_psnr", "eval/bicubic_consistency"):
     assert np.isfinite(summary[key]), (key, summary)
   assert summary["steps"] == 20
   grid = images.to_rgb8(images.read(os.path.join(workdir, "samples.png")))[0]
   assert grid.shape[0] >= 16 and grid.shape[1] >= 3 * 16
+
+
+def test_sr3_resume_after_sigkill_is_exact(sr3_run, tmp_path):
+  """As for restoration (tests/test_runs.py): killed after its step-10 checkpoint and rerun, an SR3 run
+  ends with the parameters of the uninterrupted one, bit for bit (the noise levels and timesteps each
+  step draws come from the step's key, restored with the checkpoint)."""
+  from conftest import read_summary, run_main  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "restorejax.main", f"--config={os.path.join(ROOT, 'configs/sr3.py:tiny')}",
+         f"--workdir={workdir}", *SR3_RUN]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **FAST_XLA}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  start = time.time()
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() - start < 600, "no checkpoint 10"
+    time.sleep(0.01)
+  proc.kill()
+  proc.wait()
+  assert not os.path.exists(os.path.join(workdir, "summary.json")), "the run ended before the kill"
+  run_main(workdir, *SR3_RUN, config="configs/sr3.py:tiny", env=FAST_XLA)
+  resumed, reference = read_summary(workdir), read_summary(sr3_run)
+  assert resumed["resumed_from_step"] >= 10
+  assert resumed["params_fingerprint"] == reference["params_fingerprint"]

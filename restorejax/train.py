@@ -2,7 +2,8 @@
 restore, loop, final evaluation).
 
 `train_and_evaluate(config, workdir)` is the whole run; what is trained (network, loss, evaluation) comes
-from the task (`restorejax.tasks`), everything else is here. `make_train_step` is pure and testable alone.
+from the task (`restorejax.tasks`), batch preparation from `restorejax.data.batches`, everything else
+is here. `make_train_step` is pure and testable alone.
 Nothing here mentions a device kind: the mesh and the sharding rules come from the config, so the same run
 works on one CPU, simulated devices, several processes, a GPU node or a TPU pod.
 """
@@ -24,7 +25,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
-from restorejax.data import degrade, pipeline, priors
+from restorejax.data import batches, pipeline
 from restorejax.models import fusion
 
 
@@ -44,43 +45,17 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Batches: host uint8 -> device float, degradations synthesised on the device when the source has none.
-# ----------------------------------------------------------------------------------------------------
-
-def data_key(config: ml_collections.ConfigDict, split: str) -> jax.Array:
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), {"train": 1, "eval": 2}[split])
-
-
-def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Array) -> dict[str, jax.Array]:
-  """uint8 images -> float32 in [0, 1]; what the source lacks is synthesised, keyed by example index.
-
-  `degraded` comes from `degrade_fn(target)` when absent; a batch with `prior_severity` (simulated priors,
-  see `restorejax.data.pipeline`) gets `prior = quantize(simulate_prior(target, severity))` instead.
-  """
-  out = {k: v.astype(jnp.float32) / 255.0 if v.dtype == jnp.uint8 else v for k, v in batch.items()}
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
-  if "degraded" not in out:
-    out["degraded"] = jax.vmap(degrade_fn)(keys, out["target"])
-  if "prior_severity" in out:
-    severity = out.pop("prior_severity")
-    prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)  # a stream apart from degrade_fn's
-    out["prior"] = degrade.quantize(jax.vmap(priors.simulate_prior)(prior_keys, out["target"], severity))
-  return out
-
-
-# ----------------------------------------------------------------------------------------------------
 # Step functions.
 # ----------------------------------------------------------------------------------------------------
 
 def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
   """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
-  degrade_fn = degrade.from_config(config.data.degrade, config.data.get("scale", 1))
-  key = data_key(config, "train")
+  prepare = batches.preparer(config, "train")
   ema_decay = config.optim.ema_decay
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any]):
-    batch = prepare_batch(batch, degrade_fn, key)
+    batch = prepare(batch)
     step_rng = jax.random.fold_in(state.rng, state.step)
     (loss, terms), grads = jax.value_and_grad(
         lambda p: task.loss(p, batch, step_rng, aux), has_aux=True)(state.params)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from restorejax import optim, tasks, train
-from restorejax.data import degrade, pipeline
+from restorejax.data import batches, degrade, pipeline
 from conftest import tiny_config
 
 
@@ -70,9 +70,9 @@ def test_ema_follows_the_params(setup):
 def test_degradation_depends_on_the_example_index_not_its_position():
   config = tiny_config()
   fn = degrade.from_config(config.data.degrade)
-  key = train.data_key(config, "train")
+  key = batches.data_key(config, "train")
   target = np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
-  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=fn, key=key))
+  prep = jax.jit(functools.partial(batches.prepare_batch, degrade_fn=fn, key=key))
   a = prep({"target": target, "index": np.array([5, 6, 7])})
   b = prep({"target": target[::-1], "index": np.array([7, 6, 5])})
   np.testing.assert_array_equal(a["degraded"], b["degraded"][::-1])

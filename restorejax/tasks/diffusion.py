@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from restorejax import models, sharding
+from restorejax.data import batches, pipeline
 from restorejax.diffusion import objectives, samplers, schedules
 from restorejax.losses.resize import resize
 
@@ -126,11 +127,9 @@ class HeldOutEvaluator:
   """Held-out eps-loss at fixed (seeded) steps and noise, and DDIM samples from fixed noise."""
 
   def __init__(self, task: Diffusion, mesh, batch_sharding):
-    from restorejax import train  # pylint: disable=g-import-not-at-top  (data_key)
-    from restorejax.data import pipeline  # pylint: disable=g-import-not-at-top
     config, model, schedule = task.config, task.model, task.schedule
     d = config.diffusion
-    key = train.data_key(config, "eval")
+    key = batches.data_key(config, "eval")
     examples = pipeline.eval_examples(config)
     targets = _centre_crop(examples["target"], config.data.patch_size)
     n = len(targets)

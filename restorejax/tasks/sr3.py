@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from restorejax import models, reporting, sharding
-from restorejax.data import pipeline, resize
+from restorejax.data import batches, pipeline, resize
 from restorejax.diffusion import conditioning, objectives, samplers, schedules, tiled
 from restorejax.evaluation import metrics
 
@@ -259,8 +259,7 @@ class SR3Evaluator:
     config, s = task.config, task.scale
     b = config.sr3
     self.task, self.scale = task, s
-    # The trainer's `data_key(config, 'eval')`, made here so that tasks do not import the trainer.
-    self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    self.key = batches.data_key(config, "eval")
     examples = pipeline.eval_examples(config)
     multiple = s * task.multiple // math.gcd(s, task.multiple)
     hr = _mod_crop(examples["target"], multiple)

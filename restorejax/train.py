@@ -2,7 +2,7 @@
 restore, loop, final evaluation).
 
 `train_and_evaluate(config, workdir)` is the whole run; what is trained (network, loss, evaluation) comes
-from the task (`restorejax.tasks`), batch preparation from `restorejax.data.batches`, everything else
+from the task (a `restorejax.tasks.Task`), batch preparation from `restorejax.data.batches`, everything else
 is here. `make_train_step` is pure and testable alone.
 Nothing here mentions a device kind: the mesh and the sharding rules come from the config, so the same run
 works on one CPU, simulated devices, several processes, a GPU node or a TPU pod.
@@ -48,7 +48,7 @@ class TrainState:
 # Step functions.
 # ----------------------------------------------------------------------------------------------------
 
-def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
   """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
   prepare = batches.preparer(config, "train")
@@ -177,14 +177,15 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
 
 
-def init_state(task, tx, rng) -> TrainState:
+def init_state(task: tasks.Task, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   params = task.init_params(init_rng)
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema_params=params,
                     rng=state_rng, nonfinite=jnp.int32(0), nonfinite_run=jnp.int32(0))
 
 
-def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainState]:
+def abstract_state(task: tasks.Task, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh) -> tuple[Callable, TrainState, TrainState]:
   """Shapes first: `(init_fn, abstract state carrying shardings, state shardings)` for `mesh`.
 
   Parameters (and EMA, and the optimizer's parameter-shaped moments) follow the config's sharding
@@ -240,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                jax.process_count())
 
   # --- Task (network, loss, evaluation) and optimizer ------------------------------------------------
-  task = tasks.build(config)
+  task: tasks.Task = tasks.build(config)
   tx, lr_schedule = optim.build(config.optim, config.total_steps)
 
   # --- Data -----------------------------------------------------------------------------------------

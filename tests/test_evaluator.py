@@ -17,7 +17,8 @@ import pytest
 from conftest import ROOT, tiny_config
 from restorejax import checkpoint, models, sharding
 from restorejax.data import batches, degrade, images, pipeline
-from restorejax.evaluation import datasets, evaluator, held_out, metrics
+from restorejax.evaluation import datasets, evaluator, metrics
+from restorejax.tasks import restoration
 
 # Different sizes; 30x31 shares the 32x32 canvas (stride 4) with three 32x32 images.
 SIZES = [(32, 32), (27, 40), (30, 31), (20, 20), (32, 32), (32, 32)]
@@ -173,7 +174,7 @@ def test_default_set_is_degraded_exactly_as_the_trainer_does(net):
   np.testing.assert_array_equal(np.stack([e["target"] for e in examples]), np.round(target * 255))
   # In the trainer's interface, the same numbers as a dm-pix evaluation of the same images (float32
   # PSNR / SSIM with the same window and constants), computed another way.
-  ours, grids = held_out.held_out_evaluator(config, model, mesh, batch_sh)(params)
+  ours, grids = restoration.held_out_evaluator(config, model, mesh, batch_sh)(params)
   restored = degrade.quantize(model.apply({"params": params}, jnp.asarray(degraded)))
   theirs = {
       "eval/psnr": float(jnp.mean(dm_pix.psnr(restored, target))),

@@ -26,6 +26,7 @@ from restorejax import models, sharding
 from restorejax.data import batches, pipeline
 from restorejax.diffusion import objectives, samplers, schedules
 from restorejax.losses.resize import resize
+from restorejax.tasks import protocol
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,7 +60,7 @@ def image_size(config: ml_collections.ConfigDict) -> int:
 
 
 class Diffusion:
-  """The 'diffusion' task (see restorejax.tasks)."""
+  """The 'diffusion' task (a `tasks.Task`)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     if config.model.get("name") != "adm_unet":
@@ -100,7 +101,7 @@ class Diffusion:
       terms["vb"] = parts["vb"].mean()
     return total, terms
 
-  def evaluator(self, mesh, batch_sharding):
+  def evaluator(self, mesh, batch_sharding) -> protocol.Evaluator:
     return HeldOutEvaluator(self, mesh, batch_sharding)
 
 

@@ -41,6 +41,7 @@ from restorejax import models, reporting, sharding
 from restorejax.data import batches, pipeline, resize
 from restorejax.diffusion import conditioning, objectives, samplers, schedules, tiled
 from restorejax.evaluation import metrics
+from restorejax.tasks import protocol
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -167,7 +168,7 @@ def consistency(sr: jnp.ndarray, lr: jnp.ndarray, scale: int) -> jnp.ndarray:
 # ----------------------------------------------------------------------------------------------------
 
 class SR3:
-  """The 'sr3' task (see restorejax.tasks and the module docstring)."""
+  """The 'sr3' task (a `tasks.Task`; see the module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     if config.model.get("name") != "adm_unet":
@@ -243,7 +244,7 @@ class SR3:
                                 dropout_key=key_dropout)
     return per_example.mean(), {"eps": per_example.mean()}
 
-  def evaluator(self, mesh, batch_sharding):
+  def evaluator(self, mesh, batch_sharding) -> protocol.Evaluator:
     return SR3Evaluator(self, mesh, batch_sharding)
 
 

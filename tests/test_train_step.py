@@ -92,3 +92,11 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert np.isfinite(float(metrics["train/loss"])) and int(new.nonfinite) == 0
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new.params))
   assert not _leaves_equal(new.params, state.params)
+
+
+def test_every_registered_task_follows_the_task_protocol(setup):
+  config, *_ = setup
+  assert isinstance(tasks.build(config), tasks.Task)
+  for name, cls in tasks.TASKS.items():
+    for method in ("init_params", "loss", "evaluator"):
+      assert callable(getattr(cls, method, None)), (name, method)

@@ -1,6 +1,6 @@
 """The task protocol: what the trainer needs of a task (see `restorejax.tasks`)."""
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -11,11 +11,13 @@ from jax.sharding import Mesh, NamedSharding
 Evaluator = Callable[[Any], tuple[dict[str, float], dict[str, np.ndarray]]]
 
 
+@runtime_checkable
 class Task(Protocol):
   """A network, its initialisation, its loss and its evaluation; the trainer owns everything else.
 
   `aux` is a pytree of host arrays passed to `loss` (frozen models the loss needs, never in the train
-  state), sharded by the config's rules like the parameters.
+  state), sharded by the config's rules like the parameters. `isinstance(x, Task)` checks that the
+  members exist, not their signatures.
   """
 
   model: nn.Module

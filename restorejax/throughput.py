@@ -1,11 +1,10 @@
 """FLOPs of a train step (XLA's own cost analysis) and model FLOPs utilisation against device peaks.
 
-The trainer reads the cost of the step it lowers and compiles (`flops_per_device`), taken before
-compilation: the whole program's, the same count for any mesh and backend (the compiled program's varies
-with what the backend's optimisations add). XLA
-counts the body of a loop once, though, so a network whose repeated blocks are scanned would report a
-fraction of its FLOPs: for those, `step_flops` lowers (without compiling) a copy of the step whose model
-is unrolled.
+The trainer reads the cost of the step it lowers once and compiles (`flops_per_device`), taken from the
+lowering: the whole, unpartitioned program, as written (the compiled program's count differs by what the
+backend's optimisations change). XLA counts the body of a loop once, though, so a network whose repeated
+blocks are scanned would report a fraction of its FLOPs: for those, `step_flops` lowers (without
+compiling) a copy of the step whose model is unrolled.
 """
 
 import copy

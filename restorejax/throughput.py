@@ -1,8 +1,10 @@
 """FLOPs of a train step (XLA's own cost analysis) and model FLOPs utilisation against device peaks.
 
-XLA counts the body of a loop once, so a network whose repeated blocks are scanned would report a
-fraction of its FLOPs: `step_flops` lowers (without compiling) a copy of the step whose model is unrolled,
-and reads the cost of the whole, unpartitioned program.
+The trainer reads the cost of the step it lowers once and compiles (`flops_per_device`), taken from the
+lowering: the whole, unpartitioned program, as written (the compiled program's count differs by what the
+backend's optimisations change). XLA counts the body of a loop once, though, so a network whose repeated
+blocks are scanned would report a fraction of its FLOPs: for those, `step_flops` lowers (without
+compiling) a copy of the step whose model is unrolled.
 """
 
 import copy
@@ -43,9 +45,14 @@ def _flops(cost) -> float:
   return float((cost or {}).get("flops", 0.0))
 
 
+def scans(task: Any) -> bool:
+  """Whether the task's network scans its repeated blocks (a loop XLA's cost analysis counts once)."""
+  return bool(getattr(task.model, "scan", False))
+
+
 def unrolled(task: Any) -> Any:
   """A shallow copy of a task whose model does not scan (same parameters, same FLOPs, countable)."""
-  if not getattr(task.model, "scan", False):
+  if not scans(task):
     return task
   out = copy.copy(task)
   out.model = task.model.clone(scan=False)
@@ -64,5 +71,21 @@ def step_flops(make_step: Callable[[Any], Callable], init_state: Callable[[Any],
   try:
     state = jax.eval_shape(lambda: init_state(task))
     return _flops(jax.jit(make_step(task)).lower(state, shapes(batch), shapes(aux)).cost_analysis())
+  except Exception:  # pylint: disable=broad-except  (a missing estimate must not stop a run)
+    return 0.0
+
+
+def flops_per_device(lowered: Any, task: Any, make_step: Callable[[Any], Callable],
+                     init_state: Callable[[Any], Any], batch: Any, aux: Any) -> float:
+  """FLOPs of one train step on one device (0 if XLA reports none), all devices' share alike.
+
+  `lowered` is the step the run compiles, lowered once: its cost is that of the whole, unpartitioned
+  program. A network that scans its blocks is counted on an unrolled copy instead (`step_flops`), since
+  XLA counts a loop body once.
+  """
+  if scans(task):
+    return step_flops(make_step, init_state, task, batch, aux) / jax.device_count()
+  try:
+    return _flops(lowered.cost_analysis()) / jax.device_count()
   except Exception:  # pylint: disable=broad-except  (a missing estimate must not stop a run)
     return 0.0

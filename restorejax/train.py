@@ -2,11 +2,14 @@
 restore, loop, final evaluation).
 
 `train_and_evaluate(config, workdir)` is the whole run; what is trained (network, loss, evaluation) comes
-from the task (`restorejax.tasks`), everything else is here. `make_train_step` is pure and testable alone.
+from the task (a `restorejax.tasks.Task`), batch preparation from `restorejax.data.batches`, everything
+else is here. `make_train_step` is pure and testable alone; the loop's running state (throughput, metrics
+written a step late, the non-finite count) is one `Meter`, and `due` says when a periodic thing is due.
 Nothing here mentions a device kind: the mesh and the sharding rules come from the config, so the same run
 works on one CPU, simulated devices, several processes, a GPU node or a TPU pod.
 """
 
+import dataclasses
 import functools
 import os
 import signal
@@ -24,7 +27,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
-from restorejax.data import degrade, pipeline, priors
+from restorejax.data import batches, pipeline
 from restorejax.models import fusion
 
 
@@ -44,43 +47,17 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Batches: host uint8 -> device float, degradations synthesised on the device when the source has none.
-# ----------------------------------------------------------------------------------------------------
-
-def data_key(config: ml_collections.ConfigDict, split: str) -> jax.Array:
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), {"train": 1, "eval": 2}[split])
-
-
-def prepare_batch(batch: dict[str, jax.Array], degrade_fn: Callable, key: jax.Array) -> dict[str, jax.Array]:
-  """uint8 images -> float32 in [0, 1]; what the source lacks is synthesised, keyed by example index.
-
-  `degraded` comes from `degrade_fn(target)` when absent; a batch with `prior_severity` (simulated priors,
-  see `restorejax.data.pipeline`) gets `prior = quantize(simulate_prior(target, severity))` instead.
-  """
-  out = {k: v.astype(jnp.float32) / 255.0 if v.dtype == jnp.uint8 else v for k, v in batch.items()}
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(out["index"])
-  if "degraded" not in out:
-    out["degraded"] = jax.vmap(degrade_fn)(keys, out["target"])
-  if "prior_severity" in out:
-    severity = out.pop("prior_severity")
-    prior_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)  # a stream apart from degrade_fn's
-    out["prior"] = degrade.quantize(jax.vmap(priors.simulate_prior)(prior_keys, out["target"], severity))
-  return out
-
-
-# ----------------------------------------------------------------------------------------------------
 # Step functions.
 # ----------------------------------------------------------------------------------------------------
 
-def make_train_step(task: Any, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
   """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
-  degrade_fn = degrade.from_config(config.data.degrade, config.data.get("scale", 1))
-  key = data_key(config, "train")
+  prepare = batches.preparer(config, "train")
   ema_decay = config.optim.ema_decay
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any]):
-    batch = prepare_batch(batch, degrade_fn, key)
+    batch = prepare(batch)
     step_rng = jax.random.fold_in(state.rng, state.step)
     (loss, terms), grads = jax.value_and_grad(
         lambda p: task.loss(p, batch, step_rng, aux), has_aux=True)(state.params)
@@ -144,6 +121,103 @@ class Preemption:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Loop state and reporting: nothing here waits on the step in flight.
+# ----------------------------------------------------------------------------------------------------
+
+def due(step: int, every: int, total: int) -> bool:
+  """Whether a thing done every `every` steps (logging, evaluation, checkpoints) is due after `step`: at
+  every multiple of `every`, and at the last step, `total`."""
+  return step % every == 0 or step == total
+
+
+@dataclasses.dataclass
+class Meter:
+  """The loop's running state: throughput, a log step's metrics, and the non-finite count.
+
+  A log step's metrics are held (`hold`) and written one step later (`flush`, after the next step was
+  dispatched) with the throughput of the steps since the previous write; time outside training steps
+  (evaluations) is left out by `restart`. Each step's count of consecutive non-finite steps starts its
+  copy to the host when the step is dispatched (`watch`) and is read one step later.
+  """
+  writer: Any
+  batch_size: int              # global
+  flops: float                 # per device and step
+  peak: float                  # FLOP/s of a device; 0 when unknown
+  devices: int
+  pending: Optional[tuple[int, Any]] = None        # (log step, its metrics on the device)
+  watched: Optional[tuple[int, jax.Array]] = None  # (step, its count of consecutive non-finite steps)
+  interval_start: float = 0.0
+  interval_steps: int = 0
+  train_time: float = 0.0
+  trained_steps: int = 0
+
+  def rates(self, steps: int, seconds: float) -> dict[str, float]:
+    """Images/s, per device too, for `steps` steps in `seconds`."""
+    ips = steps * self.batch_size / max(seconds, 1e-9)
+    return {"images_per_s": ips, "images_per_s_per_device": ips / self.devices}
+
+  def begin_step(self) -> None:
+    if self.interval_steps == 0:
+      self.interval_start = time.time()
+
+  def watch(self, step: int, metrics: dict[str, jax.Array]) -> Optional[tuple[int, int]]:
+    """Counts `step` (just dispatched) and starts the copy of its non-finite count; returns the previous
+    step's `(step, count)`, whose copy is done or nearly (None at a run's first step)."""
+    self.interval_steps += 1
+    previous, self.watched = self.watched, (step, metrics["train/nonfinite_run"])
+    self.watched[1].copy_to_host_async()
+    return None if previous is None else (previous[0], int(sharding.to_host(previous[1])))
+
+  def latest(self) -> tuple[int, int]:
+    """The last dispatched step's `(step, non-finite count)`, waiting for it."""
+    step, run = self.watched
+    return step, int(sharding.to_host(run))
+
+  def hold(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    """Writes the held metrics, with throughput, MFU and the images/s of the interval."""
+    if self.pending is None:
+      return
+    step, metrics = self.pending
+    self.pending = None
+    metrics = {k: float(v) for k, v in sharding.to_host(metrics).items()}
+    elapsed = time.time() - self.interval_start
+    self.train_time += elapsed
+    self.trained_steps += self.interval_steps
+    metrics.update({f"train/{k}": v for k, v in self.rates(self.interval_steps, elapsed).items()})
+    flop_rate = self.flops * self.interval_steps / max(elapsed, 1e-9)
+    metrics["train/tflops_per_s_per_device"] = flop_rate / 1e12
+    if self.peak:
+      metrics["train/mfu"] = flop_rate / self.peak
+    self.restart()
+    self.writer.write_scalars(step, metrics)
+
+  def restart(self) -> None:
+    """A new interval: what ran since the last write (e.g. an evaluation) is not training time."""
+    self.interval_start, self.interval_steps = time.time(), 0
+
+  def summary(self) -> dict[str, float]:
+    """Images/s over all the written intervals (the summary's throughput)."""
+    return self.rates(self.trained_steps, self.train_time)
+
+
+def _nonfinite_stop(config: ml_collections.ConfigDict, workdir: str, mgr: Any, step: int,
+                    run: int) -> TrainingError:
+  """The error that ends a run whose last `run` steps up to `step` were all non-finite."""
+  checkpoint.wait(mgr)
+  latest = mgr.latest_step()
+  last = (f"the last checkpoint, step {latest} in {os.path.join(workdir, 'checkpoints')}, is intact: "
+          "fix the cause and run the same command to resume from it" if latest is not None else
+          f"no checkpoint was saved in {workdir}, so there is nothing to resume: fix the cause and start "
+          "again")
+  return TrainingError(
+      f"{run} consecutive steps up to step {step} had a non-finite loss or gradient "
+      f"(config.max_nonfinite_steps={config.max_nonfinite_steps}); stopping; {last}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # The run.
 # ----------------------------------------------------------------------------------------------------
 
@@ -202,14 +276,15 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f"--workdir={workdir} is not writable: {e.strerror or e}") from None
 
 
-def init_state(task, tx, rng) -> TrainState:
+def init_state(task: tasks.Task, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   params = task.init_params(init_rng)
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema_params=params,
                     rng=state_rng, nonfinite=jnp.int32(0), nonfinite_run=jnp.int32(0))
 
 
-def abstract_state(task, tx, config, mesh) -> tuple[Callable, TrainState, TrainState]:
+def abstract_state(task: tasks.Task, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh) -> tuple[Callable, TrainState, TrainState]:
   """Shapes first: `(init_fn, abstract state carrying shardings, state shardings)` for `mesh`.
 
   Parameters (and EMA, and the optimizer's parameter-shaped moments) follow the config's sharding
@@ -265,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                jax.process_count())
 
   # --- Task (network, loss, evaluation) and optimizer ------------------------------------------------
-  task = tasks.build(config)
+  task: tasks.Task = tasks.build(config)
   tx, lr_schedule = optim.build(config.optim, config.total_steps)
 
   # --- Data -----------------------------------------------------------------------------------------
@@ -317,12 +392,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda x: jax.ShapeDtypeStruct((config.data.batch_size,) + x.shape[1:], x.dtype, sharding=batch_sh),
       host_spec)
   t0 = time.time()
-  compiled = train_step.lower(abstract, batch_spec, aux).compile()
+  lowered = train_step.lower(abstract, batch_spec, aux)
+  compiled = lowered.compile()
   compile_s = time.time() - t0
-  flops = throughput.step_flops(
-      lambda t: make_train_step(t, tx, lr_schedule, config),
-      lambda t: init_state(t, tx, jax.random.PRNGKey(0)), task, batch_spec, aux) / jax.device_count()
-  peak = throughput.peak_flops(override=config.peak_flops_per_device)
+  flops = throughput.flops_per_device(  # from `lowered`; a network that scans is counted unrolled
+      lowered, task, lambda t: make_train_step(t, tx, lr_schedule, config),
+      lambda t: init_state(t, tx, jax.random.PRNGKey(0)), batch_spec, aux)
   logging.info("Train step compiled in %.1fs; %.3g FLOPs per device per step.", compile_s, flops)
   writer.write_scalars(first_step, {"train/compile_s": compile_s})
 
@@ -330,88 +405,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (TensorFlow: see reporting.py)
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
+  meter = Meter(writer, config.data.batch_size, flops, devices=jax.device_count(),
+                peak=throughput.peak_flops(override=config.peak_flops_per_device))
   preemption = Preemption()
-  pending: Optional[tuple[int, Any]] = None    # a log step's metrics, fetched one step later
-  interval_start, interval_steps = time.time(), 0
-  train_time, trained_steps = 0.0, 0
   eval_results: dict[str, float] = {}
   eval_images: dict[str, np.ndarray] = {}
   step = first_step
 
-  def flush_pending():
-    nonlocal pending, interval_start, interval_steps, train_time, trained_steps
-    if pending is None:
-      return
-    log_step, metrics = pending
-    pending = None
-    metrics = {k: float(v) for k, v in sharding.to_host(metrics).items()}
-    elapsed = time.time() - interval_start
-    ips = interval_steps * config.data.batch_size / max(elapsed, 1e-9)
-    train_time += elapsed
-    trained_steps += interval_steps
-    metrics["train/images_per_s"] = ips
-    metrics["train/images_per_s_per_device"] = ips / jax.device_count()
-    metrics["train/tflops_per_s_per_device"] = flops * interval_steps / max(elapsed, 1e-9) / 1e12
-    if peak:
-      metrics["train/mfu"] = flops * interval_steps / max(elapsed, 1e-9) / peak
-    interval_start, interval_steps = time.time(), 0
-    writer.write_scalars(log_step, metrics)
-
-  def check_nonfinite(at_step: int, run: jax.Array):
-    run = int(sharding.to_host(run))
-    if run < config.max_nonfinite_steps:
-      return
-    flush_pending()
-    checkpoint.wait(mgr)
-    latest = mgr.latest_step()
-    last = (f"the last checkpoint, step {latest} in {os.path.join(workdir, 'checkpoints')}, is intact: "
-            "fix the cause and run the same command to resume from it" if latest is not None else
-            f"no checkpoint was saved in {workdir}, so there is nothing to resume: fix the cause and start "
-            "again")
-    raise TrainingError(
-        f"{run} consecutive steps up to step {at_step} had a non-finite loss or gradient "
-        f"(config.max_nonfinite_steps={config.max_nonfinite_steps}); stopping; {last}")
-
-  # Every step's count of consecutive non-finite steps is read one step late (its copy to the host
-  # started when it was computed), so the check never makes the host wait for the step in flight.
-  unchecked: Optional[tuple[int, jax.Array]] = None
+  def stop_if_nonfinite(checked: Optional[tuple[int, int]]):
+    if checked is not None and checked[1] >= config.max_nonfinite_steps:
+      meter.flush()
+      raise _nonfinite_stop(config, workdir, mgr, *checked)
 
   try:
     while step < config.total_steps:
       if preemption.reached(step):
-        flush_pending()
+        meter.flush()
         checkpoint.save(mgr, step, state, data_iter)
         checkpoint.wait(mgr)
         logging.warning("Preempted (SIGTERM): saved step %d in %s; rerun to resume.", step, workdir)
         return {"preempted": True, "steps": step}
       batch = sharding.host_to_global(next(data_iter), batch_sh)
-      if interval_steps == 0:
-        interval_start = time.time()
+      meter.begin_step()
       state, metrics = compiled(state, batch, aux)
       step += 1
-      interval_steps += 1
-      if unchecked is not None:
-        check_nonfinite(*unchecked)
-      unchecked = (step, metrics["train/nonfinite_run"])
-      unchecked[1].copy_to_host_async()
-      flush_pending()
-      if step % config.log_every == 0 or step == config.total_steps:
-        pending = (step, metrics)
+      # The previous step's count: its copy started a step ago, so the host never waits on this step.
+      stop_if_nonfinite(meter.watch(step, metrics))
+      meter.flush()
+      if due(step, config.log_every, config.total_steps):
+        meter.hold(step, metrics)
       report(step)
-      if step % config.eval_every == 0 or step == config.total_steps:
-        flush_pending()
+      if due(step, config.eval_every, config.total_steps):
+        meter.flush()
         eval_start = time.time()
         eval_results, eval_images = evaluator(state.ema_params)
         writer.write_scalars(step, eval_results)
         writer.write_images(step, eval_images)
         logging.info("Step %d: %s (%.1fs)", step, eval_results, time.time() - eval_start)
-        interval_start, interval_steps = time.time(), 0
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        flush_pending()  # metrics.jsonl holds every row up to a checkpoint's step (see drop_metrics_after)
+        meter.restart()
+      if due(step, config.checkpoint_every, config.total_steps):
+        meter.flush()  # metrics.jsonl holds every row up to a checkpoint's step (see drop_metrics_after)
         checkpoint.save(mgr, step, state, data_iter)
-    if unchecked is not None:
-      check_nonfinite(*unchecked)
-    flush_pending()
+      if step == config.total_steps:  # the last step's own count: no later step will read it
+        stop_if_nonfinite(meter.latest())
+    meter.flush()
   finally:
     preemption.close()
     writer.flush()
@@ -428,9 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "resumed_from_step": first_step,
       "wall_time_s": time.time() - start_time,
       "compile_time_s": compile_s,
-      "images_per_s": trained_steps * config.data.batch_size / max(train_time, 1e-9),
-      "images_per_s_per_device": trained_steps * config.data.batch_size / max(train_time, 1e-9)
-                                 / jax.device_count(),
+      **meter.summary(),
       "nonfinite_steps": int(sharding.to_host(state.nonfinite)),
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(host_params))),
       "params_fingerprint": reporting.fingerprint(host_params),

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from restorejax import checkpoint, models, sharding, train
-from restorejax.data import degrade, images, pipeline
-from restorejax.evaluation import datasets, evaluator, held_out, metrics
+from restorejax import checkpoint, models, sharding
+from restorejax.data import batches, degrade, images, pipeline
+from restorejax.evaluation import datasets, evaluator, metrics
+from restorejax.tasks import restoration
 
 # Different sizes; 30x31 shares the 32x32 canvas (stride 4) with three 32x32 images.
 SIZES = [(32, 32), (27, 40), (30, 31), (20, 20), (32, 32), (32, 32)]
@@ -160,10 +161,10 @@ def test_default_set_is_degraded_exactly_as_the_trainer_does(net):
   _, model, params, _ = net
   mesh = sharding.mesh(config)
   batch_sh = sharding.batch_sharding(config, mesh)
-  # The trainer's own preparation of the held-out set (pipeline.eval_examples + train.prepare_batch).
+  # The trainer's own preparation of the held-out set (pipeline.eval_examples + batches.prepare_batch).
   raw = pipeline.eval_examples(config)
-  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=degrade.from_config(config.data.degrade),
-                                   key=train.data_key(config, "eval")))
+  prep = jax.jit(functools.partial(batches.prepare_batch, degrade_fn=degrade.from_config(config.data.degrade),
+                                   key=batches.data_key(config, "eval")))
   trainer = prep({"target": raw["target"], "index": raw["index"]})
   degraded, target = np.asarray(trainer["degraded"]), np.asarray(trainer["target"])
   assert len(examples) == 8
@@ -173,7 +174,7 @@ def test_default_set_is_degraded_exactly_as_the_trainer_does(net):
   np.testing.assert_array_equal(np.stack([e["target"] for e in examples]), np.round(target * 255))
   # In the trainer's interface, the same numbers as a dm-pix evaluation of the same images (float32
   # PSNR / SSIM with the same window and constants), computed another way.
-  ours, grids = held_out.held_out_evaluator(config, model, mesh, batch_sh)(params)
+  ours, grids = restoration.held_out_evaluator(config, model, mesh, batch_sh)(params)
   restored = degrade.quantize(model.apply({"params": params}, jnp.asarray(degraded)))
   theirs = {
       "eval/psnr": float(jnp.mean(dm_pix.psnr(restored, target))),

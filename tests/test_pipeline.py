@@ -235,12 +235,11 @@ def test_records_errors_name_the_config_key(triples, tmp_path):
 
 def test_prepare_batch_simulates_priors_keyed_by_index(triples):
   import jax
-  from restorejax import train
-  from restorejax.data import degrade
+  from restorejax.data import batches, degrade
   config = _records_config(triples["noprior"], **{"data.simulated_prior.enabled": True, "data.batch_size": 4})
   b = next(iter(pipeline.train_dataset(config)))
   b["prior_severity"] = np.array([0.0, 0.6, 0.6, 0.6], np.float32)
-  prep = jax.jit(lambda batch: train.prepare_batch(batch, degrade.from_config(config.data.degrade),
+  prep = jax.jit(lambda batch: batches.prepare_batch(batch, degrade.from_config(config.data.degrade),
                                                    jax.random.PRNGKey(0)))
   out = prep(b)
   assert "prior_severity" not in out and out["prior"].shape == b["target"].shape

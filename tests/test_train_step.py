@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from restorejax import optim, tasks, train
-from restorejax.data import degrade, pipeline
+from restorejax.data import batches, degrade, pipeline
 from conftest import tiny_config
 
 
@@ -70,9 +70,9 @@ def test_ema_follows_the_params(setup):
 def test_degradation_depends_on_the_example_index_not_its_position():
   config = tiny_config()
   fn = degrade.from_config(config.data.degrade)
-  key = train.data_key(config, "train")
+  key = batches.data_key(config, "train")
   target = np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
-  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=fn, key=key))
+  prep = jax.jit(functools.partial(batches.prepare_batch, degrade_fn=fn, key=key))
   a = prep({"target": target, "index": np.array([5, 6, 7])})
   b = prep({"target": target[::-1], "index": np.array([7, 6, 5])})
   np.testing.assert_array_equal(a["degraded"], b["degraded"][::-1])
@@ -92,3 +92,11 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert np.isfinite(float(metrics["train/loss"])) and int(new.nonfinite) == 0
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new.params))
   assert not _leaves_equal(new.params, state.params)
+
+
+def test_every_registered_task_follows_the_task_protocol(setup):
+  config, *_ = setup
+  assert isinstance(tasks.build(config), tasks.Task)
+  for name, cls in tasks.TASKS.items():
+    for method in ("init_params", "loss", "evaluator"):
+      assert callable(getattr(cls, method, None)), (name, method)

@@ -6,7 +6,7 @@ Specs (the `--dataset` flag of `restorejax.evaluate`):
   the trainer's stacked evaluation needs), named by its record (the degraded file's stem), with its prior
   when the run uses priors, at most `config.data.eval_max_images`. Otherwise (procedural or
   target-only sets): the trainer's held-out examples, degraded on the device exactly as the trainer
-  degrades them (`train.prepare_batch` with `train.data_key(config, 'eval')`, keyed by example index),
+  degrades them (`data.batches.prepare_batch` with `data_key(config, 'eval')`, keyed by example index),
   so the scores are comparable with the run's `eval/*` numbers.
 - `folder:DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR]`: paired image files, matched by file stem (`0001.png`
   with `0001.jpg`); every file with an image extension (`images.EXTENSIONS`) in each folder (not its
@@ -24,10 +24,12 @@ import os
 import re
 from typing import Optional
 
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image as PILImage
 
+from restorejax.data import batches
 from restorejax.data import build as data_build
 from restorejax.data import images, pipeline, records
 from restorejax.evaluation.evaluator import LazyExample
@@ -42,16 +44,11 @@ def procedural(config: ml_collections.ConfigDict) -> list[dict]:
   Degradations are computed in chunks of `config.eval.batch_size` like the trainer's evaluation; every
   recipe ends by rounding to 8 bits, so the uint8 images hold the trainer's float inputs exactly.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from restorejax import train  # pylint: disable=g-import-not-at-top  (train may import the evaluator)
-  from restorejax.data import degrade, pipeline  # pylint: disable=g-import-not-at-top
-
   examples = pipeline.eval_examples(config)
   n, bs = len(examples["index"]), config.eval.batch_size
   pad = -n % bs
   examples = {k: np.concatenate([v, v[:pad]]) if pad else v for k, v in examples.items()}
-  degrade_fn = degrade.from_config(config.data.degrade, config.data.get("scale", 1))
-  prep = jax.jit(functools.partial(train.prepare_batch, degrade_fn=degrade_fn, key=train.data_key(config, "eval")))
+  prep = jax.jit(batches.preparer(config, "eval"))
   made = {"degraded": [], "prior": []}  # the prior too when simulated (`prior_severity`)
   for i in range(0, n + pad, bs):
     out = prep({k: v[i:i + bs] for k, v in examples.items()})

@@ -23,8 +23,10 @@ import ml_collections
 import numpy as np
 
 from restorejax import models, sharding
+from restorejax.data import batches, pipeline
 from restorejax.diffusion import objectives, samplers, schedules
 from restorejax.losses.resize import resize
+from restorejax.tasks import protocol
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -58,7 +60,7 @@ def image_size(config: ml_collections.ConfigDict) -> int:
 
 
 class Diffusion:
-  """The 'diffusion' task (see restorejax.tasks)."""
+  """The 'diffusion' task (a `tasks.Task`)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     if config.model.get("name") != "adm_unet":
@@ -99,7 +101,7 @@ class Diffusion:
       terms["vb"] = parts["vb"].mean()
     return total, terms
 
-  def evaluator(self, mesh, batch_sharding):
+  def evaluator(self, mesh, batch_sharding) -> protocol.Evaluator:
     return HeldOutEvaluator(self, mesh, batch_sharding)
 
 
@@ -126,11 +128,9 @@ class HeldOutEvaluator:
   """Held-out eps-loss at fixed (seeded) steps and noise, and DDIM samples from fixed noise."""
 
   def __init__(self, task: Diffusion, mesh, batch_sharding):
-    from restorejax import train  # pylint: disable=g-import-not-at-top  (data_key)
-    from restorejax.data import pipeline  # pylint: disable=g-import-not-at-top
     config, model, schedule = task.config, task.model, task.schedule
     d = config.diffusion
-    key = train.data_key(config, "eval")
+    key = batches.data_key(config, "eval")
     examples = pipeline.eval_examples(config)
     targets = _centre_crop(examples["target"], config.data.patch_size)
     n = len(targets)

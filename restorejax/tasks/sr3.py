@@ -38,9 +38,10 @@ import ml_collections
 import numpy as np
 
 from restorejax import models, reporting, sharding
-from restorejax.data import pipeline, resize
+from restorejax.data import batches, pipeline, resize
 from restorejax.diffusion import conditioning, objectives, samplers, schedules, tiled
 from restorejax.evaluation import metrics
+from restorejax.tasks import protocol
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -167,7 +168,7 @@ def consistency(sr: jnp.ndarray, lr: jnp.ndarray, scale: int) -> jnp.ndarray:
 # ----------------------------------------------------------------------------------------------------
 
 class SR3:
-  """The 'sr3' task (see restorejax.tasks and the module docstring)."""
+  """The 'sr3' task (a `tasks.Task`; see the module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     if config.model.get("name") != "adm_unet":
@@ -243,7 +244,7 @@ class SR3:
                                 dropout_key=key_dropout)
     return per_example.mean(), {"eps": per_example.mean()}
 
-  def evaluator(self, mesh, batch_sharding):
+  def evaluator(self, mesh, batch_sharding) -> protocol.Evaluator:
     return SR3Evaluator(self, mesh, batch_sharding)
 
 
@@ -259,8 +260,7 @@ class SR3Evaluator:
     config, s = task.config, task.scale
     b = config.sr3
     self.task, self.scale = task, s
-    # The trainer's `data_key(config, 'eval')`, made here so that tasks do not import the trainer.
-    self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    self.key = batches.data_key(config, "eval")
     examples = pipeline.eval_examples(config)
     multiple = s * task.multiple // math.gcd(s, task.multiple)
     hr = _mod_crop(examples["target"], multiple)

@@ -42,4 +42,5 @@ def test_a_flag_the_command_does_not_take_is_one_line(capsys, argv, message):
 def test_one_line_of_an_exception():
   assert cli.one_line(KeyError("'nope' is not a field")) == "'nope' is not a field"
   assert cli.one_line(ValueError("first\n  second")) == "first second"
-  assert cli.one_line(RuntimeError("Traceback (most recent call last):\n  x\nValueError: bad")) == "ValueError: bad"
+  wrapped = RuntimeError("Traceback (most recent call last):\n  x\nValueError: bad")
+  assert cli.one_line(wrapped) == "ValueError: bad"

@@ -52,8 +52,9 @@ setuptools.setup(
             "restorejax-bench=restorejax.bench:run",
             "restorejax-evaluate=restorejax.evaluate:run",
             "restorejax-restore=restorejax.restore:run",
-            "restorejax-gir=restorejax.evaluation.gir_run:run",
+            "restorejax-gir=restorejax.gir_report:run",
             "restorejax-pod-check=restorejax.pod_check:run",
+            "restorejax-cascade=restorejax.cascade:run",
         ],
     },
 )

@@ -27,39 +27,47 @@ Also installed as `restorejax-bench`. Record results in BENCHMARKS.md with the c
 """
 
 import functools
+import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from restorejax import allocator
+from restorejax import allocator, cli, optim, sharding, tasks, throughput, train
+from restorejax.data import bench as data_bench
+from restorejax.data import pipeline
+from restorejax.models import convs
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config to measure.", lock_config=True)
-config_flags.DEFINE_config_file("baseline", None, "Optional second config, measured alongside.",
-                                lock_config=True)
-flags.DEFINE_integer("steps", 20, "Timed steps per round.")
-flags.DEFINE_integer("rounds", 3, "Rounds; configs alternate between rounds.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
-flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
-flags.DEFINE_enum("against", None, ["pytorch"], "step: also time the same NAFNet in PyTorch, alternated.")
-flags.DEFINE_list("shapes", ["config", "gopro"], "step --against: NAFNet shapes to compare (config, gopro).")
-flags.DEFINE_bool("step_alongside", True, "data: also time the config's train step and print host / step.")
+PROG = "restorejax.bench"
+
+
+def define_flags() -> None:
+  """The command's flags (the shared --config, the config to measure, and its own)."""
+  with cli.command_flags(config=True):
+    config_flags.DEFINE_config_file("baseline", None, "Optional second config, measured alongside.",
+                                    lock_config=True)
+    flags.DEFINE_integer("steps", 20, "Timed steps per round.")
+    flags.DEFINE_integer("rounds", 3, "Rounds; configs alternate between rounds.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+    flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+    flags.DEFINE_enum("against", None, ["pytorch"], "step: also time the same NAFNet in PyTorch, alternated.")
+    flags.DEFINE_list("shapes", ["config", "gopro"], "step --against: NAFNet shapes to compare (config, gopro).")
+    flags.DEFINE_bool("step_alongside", True, "data: also time the config's train step and print host / step.")
 
 
 class StepBench:
   """One config's train step, compiled with the trainer's own shardings, on synthetic host batches."""
 
   def __init__(self, config):
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from restorejax import optim, sharding, tasks, throughput, train  # pylint: disable=g-import-not-at-top
-    from restorejax.data import pipeline  # pylint: disable=g-import-not-at-top
-    self.jax = jax
     self.config = config
     mesh = sharding.mesh(config)
     batch_sh = sharding.batch_sharding(config, mesh)
@@ -92,13 +100,13 @@ class StepBench:
     for _ in range(steps):
       t0 = time.perf_counter()
       self.state, metrics = self.step(self.state, self.batch, self.aux)
-      self.jax.block_until_ready(metrics)
+      jax.block_until_ready(metrics)
       if record:
         self.times.append(time.perf_counter() - t0)
 
   def figures(self) -> dict[str, float]:
     t = statistics.median(self.times)
-    devices = self.jax.device_count()
+    devices = jax.device_count()
     out = {
         "compile_s": self.compile_s,
         "step_ms": 1e3 * t,
@@ -114,7 +122,6 @@ class StepBench:
 
 
 def bench_step() -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.against == "pytorch":
     return bench_against()
   benches = {"config": StepBench(FLAGS.config)}
@@ -189,7 +196,6 @@ def default_config_path() -> str:
 
 
 def load_config(path: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise ValueError(f"{path}: no such config file (give --config)")
   spec = importlib.util.spec_from_file_location("bench_config", path)
@@ -200,8 +206,7 @@ def load_config(path: str):
 
 def bench_against() -> dict:
   """restorejax's train step against the PyTorch port, per shape, alternated round by round."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top  (the `convert` extra; only here)
   base = FLAGS.config if FLAGS.config is not None else load_config(default_config_path())
   results = {}
   for shape in FLAGS.shapes:
@@ -241,10 +246,6 @@ def bench_against() -> dict:
 
 def bench_convs() -> dict:
   """Forward+backward of nn.Conv's 1x1 and depthwise convolutions against restorejax.models.convs."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from restorejax.models import convs  # pylint: disable=g-import-not-at-top
   b, s, c = FLAGS.config.data.batch_size, FLAGS.config.data.patch_size, 2 * FLAGS.config.model.width
   x = jax.random.normal(jax.random.PRNGKey(0), (b, s, s, c))
   pairs = {
@@ -270,7 +271,6 @@ def bench_convs() -> dict:
 
 
 def bench_data() -> dict:
-  from restorejax.data import bench as data_bench  # pylint: disable=g-import-not-at-top
   # Compiled first: compiling would load the cores while the host is timed.
   step = StepBench(FLAGS.config) if FLAGS.step_alongside else None
   return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, step=step)
@@ -285,14 +285,12 @@ def main(argv: list[str]) -> None:
           file=sys.stderr)
     sys.exit(2)
   if FLAGS.config is None and not (argv[1] == "step" and FLAGS.against):
-    print("restorejax.bench: error: --config is required", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--config is required", PROG)
   allocator.keep_freed_memory()  # as the trainer does (restorejax/main.py); both sides of --against share it
   try:
     results = COMMANDS[argv[1]]()
   except ValueError as e:
-    print(f"restorejax.bench: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e), PROG)
   text = json.dumps(results, indent=2, sort_keys=True)
   print(text)
   if FLAGS.json:
@@ -301,6 +299,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  """Console entry point `restorejax-bench`."""
+  define_flags()
   app.run(main)
 
 

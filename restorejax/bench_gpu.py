@@ -15,7 +15,7 @@ PyTorch Restormer or ADM port exists here); `--notorch` leaves it out.
 Printed per case and side: compile time (apart), step time (median of `--steps` timed steps after
 `--warmup`), images/s, TFLOP/s and MFU. FLOPs come from XLA's cost analysis of the JAX step with its
 blocks unrolled (restorejax.throughput), and the PyTorch side is credited with the same FLOPs.
-Only jax, flax, optax, numpy, ml_collections (and torch) are imported: no grain, clu, TensorFlow, dm-pix.
+Only jax, flax, optax, numpy, ml_collections, absl (and torch) are imported: no grain, clu, TensorFlow, dm-pix.
 """
 
 import argparse
@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from restorejax import throughput
+from restorejax import cli, throughput
 from restorejax.diffusion import objectives, schedules
 from restorejax.models import adm_unet, nafnet, restormer
 
+PROG = "restorejax.bench_gpu"
 NAFNET_DEFAULT = dict(width=16, enc_blocks=(1, 1, 2), middle_blocks=2, dec_blocks=(1, 1, 1))
 NAFNET_GOPRO = dict(width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1))
 RESTORMER = dict(restormer.PRESETS["motion-deblurring"])
@@ -231,7 +232,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m restorejax.bench_gpu", description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
   p.add_argument("--out", required=True, help="write the figures to this JSON file")
   p.add_argument("--dry", action="store_true", help="tiny shapes on the CPU (for CI): checks the script runs")
   p.add_argument("--steps", type=int, default=20, help="timed steps per case and side")
@@ -247,26 +248,24 @@ def main(argv: list[str] | None = None) -> int:
                                " --xla_llvm_disable_expensive_passes=true")
   backend = jax.default_backend()
   if not args.dry and backend != "gpu":
-    print(f"restorejax.bench_gpu: error: no GPU (JAX backend {backend!r}); use --dry to check on a CPU",
-          file=sys.stderr)
+    cli.error(f"no GPU (JAX backend {backend!r}); use --dry to check on a CPU", PROG)
     return 2
   all_cases = cases(args.dry)
   wanted = [c for c in args.cases.split(",") if c]
   unknown = sorted(set(wanted) - {c["name"] for c in all_cases})
   if unknown:
-    print(f"restorejax.bench_gpu: error: --cases: unknown {', '.join(unknown)} "
-          f"(known: {', '.join(c['name'] for c in all_cases)})", file=sys.stderr)
+    cli.error(f"--cases: unknown {', '.join(unknown)} (known: {', '.join(c['name'] for c in all_cases)})", PROG)
     return 2
   torch_device = None
   if not args.notorch:
     try:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch  # pylint: disable=g-import-not-at-top  (optional: the `convert` extra)
       torch_device = "cpu" if args.dry else "cuda"
       if torch_device == "cuda" and not torch.cuda.is_available():
-        print("restorejax.bench_gpu: PyTorch sees no CUDA device; the PyTorch side is left out", file=sys.stderr)
+        print(f"{PROG}: PyTorch sees no CUDA device; the PyTorch side is left out", file=sys.stderr)
         torch_device = None
     except ImportError:
-      print("restorejax.bench_gpu: torch is not installed; the PyTorch side is left out", file=sys.stderr)
+      print(f"{PROG}: torch is not installed; the PyTorch side is left out", file=sys.stderr)
   dtype = "float32" if args.dry else "bfloat16"
   peak = throughput.peak_flops()
   device = jax.devices()[0]

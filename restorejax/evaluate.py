@@ -32,29 +32,33 @@ import os
 import time
 from typing import Any, Optional
 
+import jax
 from absl import app, flags, logging
+from PIL import Image
 
-from restorejax import main as cli
+from restorejax import cli
+from restorejax.evaluation import datasets, evaluator, restorer
 
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  flags.DEFINE_string("dataset", "default", "default | folder:DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR]")
-  flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics "
-                       "(super-resolution runs: the scale unless given).")
-  flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only "
-                    "(super-resolution runs: on unless given).")
-  flags.DEFINE_bool("save_outputs", False, "Write the restored images to DIR/eval/<name>/.")
-  flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: config.eval.batch_size.")
-  flags.DEFINE_enum("canvas", "bucket", ["bucket", "max"],
-                    "bucket: one compile per distinct size rounded up to the network's stride, scores "
-                    "independent of batch-mates; max: one canvas for all (one compile).")
-  flags.DEFINE_string("name", "", "Name of the outputs in DIR/eval/ (default: from --dataset).")
+def define_flags() -> None:
+  """The command's flags: the run directory, distributed and cache flags, and its own."""
+  with cli.command_flags(workdir=True, distributed=True, compilation_cache=True):
+    flags.DEFINE_string("dataset", "default", "default | folder:DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR]")
+    flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics "
+                         "(super-resolution runs: the scale unless given).")
+    flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only "
+                      "(super-resolution runs: on unless given).")
+    flags.DEFINE_bool("save_outputs", False, "Write the restored images to DIR/eval/<name>/.")
+    flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: config.eval.batch_size.")
+    flags.DEFINE_enum("canvas", "bucket", ["bucket", "max"],
+                      "bucket: one compile per distinct size rounded up to the network's stride, scores "
+                      "independent of batch-mates; max: one canvas for all (one compile).")
+    flags.DEFINE_string("name", "", "Name of the outputs in DIR/eval/ (default: from --dataset).")
 
 
 def output_name(dataset: str, crop_border: int, test_y_channel: bool) -> str:
-  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
   name = datasets.name_of(dataset)
   if test_y_channel:
     name += "_y"
@@ -65,7 +69,6 @@ def output_name(dataset: str, crop_border: int, test_y_channel: bool) -> str:
 
 def folders_of(dataset: str) -> list[str]:
   """The absolute folders a dataset spec names ([] for 'default')."""
-  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
   return [os.path.abspath(a) for a in datasets.parse(dataset)[1]]
 
 
@@ -120,10 +123,6 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
 
   `crop_border` / `test_y_channel` None: 0 / False for restoration, scale / True for super-resolution.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from restorejax.evaluation import datasets, evaluator, restorer  # pylint: disable=g-import-not-at-top
-
   start = time.time()
   datasets.parse(dataset)  # a misspelt spec fails before the checkpoint is read
   run = restorer.load(workdir)
@@ -168,17 +167,9 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.workdir is None:
-    cli.fail("--workdir is required (a run directory holding config.json)")
-  if FLAGS["config"].present:
-    cli.fail("--config is not used by restorejax.evaluate: the run's own config.json is")
-  cli.quiet_libraries()
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
-  cli.initialize_distributed()
+  cli.no_arguments(argv)
+  cli.require("workdir", "a run directory holding config.json")
+  cli.start(distributed=True)
   try:
     given = lambda flag: FLAGS[flag].value if FLAGS[flag].present else None
     report = evaluate_run(FLAGS.workdir, FLAGS.dataset, crop_border=given("crop_border"),
@@ -193,12 +184,14 @@ def main(argv: list[str]) -> None:
                m["input_ssim"], os.path.join(FLAGS.workdir, "eval", report["name"] + ".json"))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  return cli.parse_flags(argv, refused={
+      "config": "--config is not used by restorejax.evaluate: the run's own config.json is"})
+
+
 def run() -> None:
-  _define_flags()
-  cli.show_in_help(("workdir", "dataset", "crop_border", "test_y_channel", "save_outputs", "batch_size",
-                    "canvas", "name", "compilation_cache", "coordinator_address", "num_processes",
-                    "process_id"))
-  app.run(main, flags_parser=cli.parse_command_flags)
+  define_flags()
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from restorejax import checkpoint, losses, models, optim, sharding, tasks, train
+from restorejax import checkpoint, cli, losses, models, optim, sharding, tasks, train
 from restorejax.convert import adm as convert_adm
 from restorejax.data import pipeline
 from restorejax.losses import diffloss
@@ -47,16 +46,15 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The command's flags, defined when it runs (not on import), so its helpers can be imported beside
-  another command's module that defines `--config` too."""
-  config_flags.DEFINE_config_file("config", None, "Config file (file.py or file.py:variant).", lock_config=True)
-  flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
-  flags.DEFINE_multi_string("mesh", [], "Mesh to check, e.g. data:8,fsdp:8 (repeatable); default: config.mesh.")
-  flags.DEFINE_string("diffloss_preset", "", "ADM preset (restorejax.models.adm_unet.ADM_PRESETS) whose shapes "
-                      "stand in for config.losses.diffloss.prior.")
-  flags.DEFINE_string("model", "", "Check this network (restorejax.models) with its default fields instead of "
-                      "the config's model, e.g. restormer.")
-  flags.DEFINE_string("json", "", "Also write the report to this file as JSON.")
+  """The command's flags (the shared --config and its own), defined when it runs, not on import."""
+  with cli.command_flags(config=True):
+    flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
+    flags.DEFINE_multi_string("mesh", [], "Mesh to check, e.g. data:8,fsdp:8 (repeatable); default: config.mesh.")
+    flags.DEFINE_string("diffloss_preset", "", "ADM preset (restorejax.models.adm_unet.ADM_PRESETS) whose "
+                        "shapes stand in for config.losses.diffloss.prior.")
+    flags.DEFINE_string("model", "", "Check this network (restorejax.models) with its default fields instead "
+                        "of the config's model, e.g. restormer.")
+    flags.DEFINE_string("json", "", "Also write the report to this file as JSON.")
 
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
@@ -216,17 +214,16 @@ def format_report(name: str, r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.no_arguments(argv)
   env = _simulated_env(FLAGS.devices)
   if env is not None:  # JAX reads XLA_FLAGS when its backend starts (not yet): re-run with N CPU devices
     os.execve(sys.executable, [sys.executable, "-m", "restorejax.pod_check", *sys.argv[1:]], env)
   config = FLAGS.config
-  meshes = [parse_mesh(m) for m in FLAGS.mesh] or [tuple(tuple(a) for a in config.mesh)]
   name = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "config")
   reports = []
   with tempfile.TemporaryDirectory() as tmp:
     try:
+      meshes = [parse_mesh(m) for m in FLAGS.mesh] or [tuple(tuple(a) for a in config.mesh)]
       if FLAGS.model:
         with config.unlocked():
           config.model = models.default_config(FLAGS.model)
@@ -238,17 +235,19 @@ def main(argv: list[str]) -> None:
         reports.append(r)
         print(format_report(name, r), flush=True)
     except ValueError as e:
-      print(f"restorejax: error: {e}", file=sys.stderr)
-      sys.exit(2)
+      cli.fail(str(e))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(reports, f, indent=2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  return cli.parse_flags(argv, required=("config",))
+
+
 def run() -> None:
   define_flags()
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     restorejax-restore --workdir=DIR in.png [more files or folders] --out=OUTDIR
         [--prior=p.png|PRIOR_DIR] [--tile=512] [--overlap=64] [--tile_batch=1]
+        [--sample_steps=N] [--seed=S]   (SR3 runs)
 
 Each input is written to OUTDIR/<stem>.png with its own size (exactly `scale` times it for a
 super-resolution network, whose tiles `--tile` / `--overlap` are in input (LR) pixels), bit depth (16-bit in, 16-bit out) and colour mode: a grey image runs through the network as
@@ -26,6 +27,11 @@ input or prior file, stops the command before anything is written. Each output i
 temporary file in --out and renamed over `<stem>.png`, so a symbolic link already there is replaced,
 never written through, and an interrupted command leaves no half-written PNG.
 
+An SR3 run (`config.task == 'sr3'`) samples instead: each input, read as 8-bit RGB, is super-resolved as
+the one stage of a cascade (`restorejax.tasks.sr3_cascade`, key `fold_in(PRNGKey(--seed), 0)`), so it is
+the image `restorejax-cascade --stages=DIR --seed=S` writes; tiling and sampler are the run's
+`config.sr3` (`--sample_steps` overrides its steps), the output is 8-bit RGB, and `--prior` is refused.
+
 A file that cannot be read (missing, truncated, not an image, animated, a decompression bomb) is
 reported (`restorejax-restore: error: <file>: <reason>`) and skipped, the others are still restored, and
 the exit status is 1. A user mistake (no run directory, no --out, no inputs, --out overlapping the
@@ -37,26 +43,35 @@ import sys
 import time
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from restorejax import main as cli
+from restorejax import cli
+from restorejax.data import images
+from restorejax.evaluation import datasets, restorer, tiling
+from restorejax.tasks import sr3_cascade
 
 FLAGS = flags.FLAGS
+PROG = "restorejax-restore"
 LUMA = (0.299, 0.587, 0.114)  # BT.601, as PIL's convert('L')
 
 
-def _define_flags() -> None:
-  flags.DEFINE_string("out", None, "Output folder (created); each input becomes <stem>.png there.")
-  flags.DEFINE_string("prior", None, "A prior image (one input) or a folder of priors paired by stem.")
-  flags.DEFINE_integer("tile", 512, "Tile side in pixels (larger: closer to untiled, more memory).")
-  flags.DEFINE_integer("overlap", 64, "Overlap of neighbouring tiles in pixels.")
-  flags.DEFINE_integer("tile_batch", 1, "Tiles per network call.")
+def define_flags() -> None:
+  """The command's flags: the run directory, the compilation cache and its own."""
+  with cli.command_flags(workdir=True, compilation_cache=True):
+    flags.DEFINE_string("out", None, "Output folder (created); each input becomes <stem>.png there.")
+    flags.DEFINE_string("prior", None, "A prior image (one input) or a folder of priors paired by stem.")
+    flags.DEFINE_integer("tile", 512, "Tile side in pixels (larger: closer to untiled, more memory).")
+    flags.DEFINE_integer("overlap", 64, "Overlap of neighbouring tiles in pixels.")
+    flags.DEFINE_integer("tile_batch", 1, "Tiles per network call.")
+    flags.DEFINE_integer("sample_steps", None, "SR3 runs: sampling steps (default: the run's config.sr3).")
+    flags.DEFINE_integer("seed", 0, "SR3 runs: sampling seed (the same seed gives the same images).")
 
 
 def input_files(paths: list[str]) -> list[str]:
   """Files named, and the image files directly in folders named, in order (folders sorted)."""
-  from restorejax.data import images  # pylint: disable=g-import-not-at-top
   return images.files_in(paths)
 
 
@@ -77,10 +92,6 @@ class Restore:
   """Restores one decoded image (`images.Image`) with a run's network, tile by tile."""
 
   def __init__(self, workdir: str, *, tile: int = 512, overlap: int = 64, tile_batch: int = 1):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from restorejax.evaluation import restorer  # pylint: disable=g-import-not-at-top
-
     if tile < 1 or overlap < 0 or tile_batch < 1:
       raise ValueError(f"--tile={tile}, --overlap={overlap}, --tile_batch={tile_batch}: need tile >= 1, "
                        "overlap >= 0, tile_batch >= 1")
@@ -113,7 +124,6 @@ class Restore:
 
   def __call__(self, image, prior: Optional[np.ndarray] = None) -> np.ndarray:
     """`images.Image` (+ optional uint8 RGB prior of its size) -> restored pixels, same dtype and mode."""
-    from restorejax.evaluation import tiling  # pylint: disable=g-import-not-at-top
     px = image.pixels
     colour = px[..., :1].repeat(3, axis=-1) if image.mode in ("L", "LA") else px[..., :3]
     alpha = px[..., -1:] if image.mode in ("LA", "RGBA") else None
@@ -136,6 +146,26 @@ class Restore:
     return np.concatenate([out, alpha], axis=-1) if alpha is not None else out
 
 
+class SampleSR3:
+  """Super-resolves one decoded image with an SR3 run, as the one stage of a cascade (module doc)."""
+
+  takes_prior = False
+
+  def __init__(self, workdir: str, *, seed: int = 0, sample_steps: Optional[int] = None):
+    self.stage = sr3_cascade.load_stage(workdir)
+    self.key = jax.random.PRNGKey(seed)
+    self.sampling = {} if sample_steps is None else {"sample_steps": sample_steps}
+
+  def __call__(self, image, prior: Optional[np.ndarray] = None) -> np.ndarray:
+    """`images.Image` -> the sampled image, `scale` times larger, 8-bit RGB (`prior` must be None)."""
+    if prior is not None:
+      raise ValueError("an SR3 run takes no prior")
+    pixels, _ = images.to_rgb8(image)
+    lr = pixels[None].astype(np.float32) / 255.0
+    out = sr3_cascade.run_cascade([self.stage], lr, self.key, **self.sampling)[-1]
+    return np.round(out[0] * 255.0).astype(np.uint8)
+
+
 def _prior_for(path: str, prior: Optional[str], single: bool) -> Optional[str]:
   if not prior:
     return None
@@ -144,7 +174,6 @@ def _prior_for(path: str, prior: Optional[str], single: bool) -> Optional[str]:
       raise ValueError(f"--prior={prior}: one prior file serves one input; give a folder of priors "
                        "paired by stem for several")
     return prior
-  from restorejax.data import images  # pylint: disable=g-import-not-at-top
   stem = os.path.splitext(os.path.basename(path))[0]
   for ext in images.EXTENSIONS:
     for candidate in (stem + ext, stem + ext.upper()):
@@ -179,7 +208,6 @@ def _target(out_dir: str, path: str) -> str:
 
 def _write(target: str, pixels: np.ndarray) -> None:
   """`images.write_png` to a temporary file renamed over `target` (a link there is replaced, not followed)."""
-  from restorejax.data import images  # pylint: disable=g-import-not-at-top
   tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
   try:
     images.write_png(tmp, pixels)
@@ -191,14 +219,14 @@ def _write(target: str, pixels: np.ndarray) -> None:
 
 
 def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optional[str] = None,
-                  tile: int = 512, overlap: int = 64, tile_batch: int = 1) -> list[tuple[str, str]]:
+                  tile: int = 512, overlap: int = 64, tile_batch: int = 1, seed: int = 0,
+                  sample_steps: Optional[int] = None) -> list[tuple[str, str]]:
   """Restores `inputs` (files or folders) into `out_dir`; returns the (file, reason) of each failure.
+
+  An SR3 run samples instead (`SampleSR3`: `seed`, `sample_steps`; the tiling flags are the run's own).
 
   Raises ValueError for a user mistake that stops everything (no run, bad flags, empty folder).
   """
-  from restorejax.data import images  # pylint: disable=g-import-not-at-top
-  from restorejax.evaluation import datasets  # pylint: disable=g-import-not-at-top
-
   files = input_files(inputs)
   if not files:
     raise ValueError("no input images given")
@@ -208,7 +236,12 @@ def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optio
     raise ValueError(f"--prior={prior}: one prior file serves one input; give a folder of priors paired "
                      "by stem for several")
   _check_outputs(files, out_dir, prior, inputs)
-  restore = Restore(workdir, tile=tile, overlap=overlap, tile_batch=tile_batch)
+  if sr3_cascade.is_sr3_run(workdir):
+    if prior:
+      raise ValueError(f"--prior={prior}: an SR3 run takes no prior (it samples from the input alone)")
+    restore = SampleSR3(workdir, seed=seed, sample_steps=sample_steps)
+  else:
+    restore = Restore(workdir, tile=tile, overlap=overlap, tile_batch=tile_batch)
   if prior and not restore.takes_prior:
     raise ValueError(f"--prior={prior}: the network of {workdir} takes no prior (config.model.fusion is "
                      "'none'); leave out --prior, or train with a fusion")
@@ -227,7 +260,7 @@ def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optio
       _write(target, restored)
     except images.ImageError as e:
       failures.append((path, e.reason))
-      print(f"restorejax-restore: error: {e}", file=sys.stderr, flush=True)
+      cli.error(str(e), PROG)
       continue
     written[target] = path
     logging.info("%s -> %s (%dx%d %s, %d-bit) in %.1fs", path, target, image.size[0], image.size[1],
@@ -237,34 +270,32 @@ def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optio
 
 def main(argv: list[str]) -> None:
   inputs = argv[1:]
-  if FLAGS.workdir is None:
-    cli.fail("--workdir is required (a run directory holding config.json)")
-  if not FLAGS.out:
-    cli.fail("--out is required (the folder to write restored images to)")
-  if FLAGS["config"].present:
-    cli.fail("--config is not used by restorejax-restore: the run's own config.json is")
+  cli.require("workdir", "a run directory holding config.json")
+  cli.require("out", "the folder to write restored images to")
   if not inputs:
     cli.fail("no input images given (files or folders after the flags)")
-  cli.quiet_libraries()
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+  cli.start()
   try:
     failures = restore_files(FLAGS.workdir, inputs, FLAGS.out, prior=FLAGS.prior, tile=FLAGS.tile,
-                             overlap=FLAGS.overlap, tile_batch=FLAGS.tile_batch)
+                             overlap=FLAGS.overlap, tile_batch=FLAGS.tile_batch, seed=FLAGS.seed,
+                             sample_steps=FLAGS.sample_steps)
   except ValueError as e:
     cli.fail(str(e))
   if failures:
-    print(f"restorejax-restore: {len(failures)} of {len(input_files(inputs))} file(s) failed",
+    print(f"{PROG}: {len(failures)} of {len(input_files(inputs))} file(s) failed",
           file=sys.stderr, flush=True)
     sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  return cli.parse_flags(argv, refused={
+      "config": "--config is not used by restorejax-restore: the run's own config.json is"})
+
+
 def run() -> None:
   """Console entry point `restorejax-restore`."""
-  _define_flags()
-  cli.show_in_help(("workdir", "out", "prior", "tile", "overlap", "tile_batch", "compilation_cache"))
-  app.run(main, flags_parser=cli.parse_command_flags)
+  define_flags()
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from PIL import Image, ImageDraw, ImageFont
+
 METRICS = ("eval/psnr", "eval/ssim", "eval/input_psnr", "eval/input_ssim")
 # LPIPS (AlexNet) / NIQE: in a summary when the run's config.eval.perceptual is on and the extra installed.
 PERCEPTUAL = ("eval/lpips", "eval/niqe", "eval/input_lpips", "eval/input_niqe")
@@ -157,7 +159,6 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 def bar_chart(path: str, rows: list[dict[str, Any]], title: str) -> None:
   """PSNR and SSIM bars per variant (PIL), with the input's values as dashed lines."""
-  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
   try:
     font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
   except TypeError:  # Pillow without FreeType sizes

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, read_metrics, tiny_config
-from restorejax import checkpoint, main, optim, reporting, sharding, tasks, train
+from restorejax import checkpoint, cli, main, optim, reporting, sharding, tasks, train
 from restorejax.data import pipeline, records
 
 RUN = {"total_steps": 6, "checkpoint_every": 2, "log_every": 1, "eval_every": 6, "keep_checkpoints": 3}
@@ -252,6 +252,7 @@ def test_a_full_disk_before_any_checkpoint_says_there_is_none(tmp_path):
 def test_a_full_disk_outside_checkpoints_is_one_line(monkeypatch, capsys):
   def full(config, workdir):
     raise OSError(errno.ENOSPC, "No space left on device", os.path.join(workdir, "metrics.jsonl"))
+  main.define_flags()
   main.FLAGS.mark_as_parsed()
   monkeypatch.setattr(train, "train_and_evaluate", full)
   monkeypatch.setattr(main.FLAGS, "compilation_cache", "")
@@ -266,8 +267,8 @@ def test_a_full_disk_outside_checkpoints_is_one_line(monkeypatch, capsys):
 
 
 def test_orbax_thread_tracebacks_become_one_line_per_error():
-  absl_logger, asyncio_logger = main.logging.get_absl_logger(), logging.getLogger("asyncio")
-  main.quiet_libraries()
+  absl_logger, asyncio_logger = cli.logging.get_absl_logger(), logging.getLogger("asyncio")
+  cli.quiet_libraries()
   keep, not_leftover = absl_logger.filters[-1], asyncio_logger.filters[-1]
   absl_logger.removeFilter(keep)
   asyncio_logger.removeFilter(not_leftover)

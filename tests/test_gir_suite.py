@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from restorejax import checkpoint, models
+from restorejax import checkpoint, gir_report, models
 from restorejax.data import degrade, images
-from restorejax.evaluation import gir_run, gir_suite
+from restorejax.evaluation import gir_suite
 
 
 def _psnr(a, b):
@@ -113,15 +113,15 @@ def test_report_of_a_run_against_two_references(built, tmp_path):
   out = str(tmp_path / "report")
   # References as scores files (what a report keeps): the weak run scored here, a strong one 0.5 dB /
   # 0.02 SSIM above it. The model run is scored inside, like a reference run directory would be.
-  weak = {"model": "weak", "scores": gir_run.score_run(str(tmp_path / "weak"), suite_dir)}
+  weak = {"model": "weak", "scores": gir_report.score_run(str(tmp_path / "weak"), suite_dir)}
   strong = {"model": "strong", "scores": {t: {"psnr": s["psnr"] + 0.5, "ssim": s["ssim"] + 0.02}
                                           for t, s in weak["scores"].items()}}
   (tmp_path / "weak.json").write_text(json.dumps(weak))
   (tmp_path / "strong.json").write_text(json.dumps(strong))
-  result = gir_run.gir_report(str(tmp_path / "model"), out, weak=str(tmp_path / "weak.json"),
-                              strong=str(tmp_path / "strong.json"), suite_dir=suite_dir,
-                              real=tuple(f"{s.name}={s.degraded},{s.target}" for s in sets),
-                              default_images=8, default_size=32)
+  result = gir_report.gir_report(str(tmp_path / "model"), out, weak=str(tmp_path / "weak.json"),
+                                 strong=str(tmp_path / "strong.json"), suite_dir=suite_dir,
+                                 real=tuple(f"{s.name}={s.degraded},{s.target}" for s in sets),
+                                 default_images=8, default_size=32)
   saved = json.load(open(os.path.join(out, "scores", "model_model.json")))
   assert saved["metric_convention"] == "BasicSR" and len(saved["scores"]) == 101
   ours = saved["scores"]
@@ -146,13 +146,13 @@ def test_report_of_a_run_against_two_references(built, tmp_path):
   (tmp_path / "lines.json").write_text(json.dumps({"lines": {"blur@train": {
       "psnr": {"acceptance": 1.0, "excellence": 2.0}}}}))
   with pytest.raises(ValueError, match="the lines do not match the suite's tasks"):
-    gir_run.gir_report(str(tmp_path / "model"), out, lines=str(tmp_path / "lines.json"), suite_dir=suite_dir,
-                       real=tuple(f"{s.name}={s.degraded},{s.target}" for s in sets),
-                       default_images=8, default_size=32)
+    gir_report.gir_report(str(tmp_path / "model"), out, lines=str(tmp_path / "lines.json"), suite_dir=suite_dir,
+                          real=tuple(f"{s.name}={s.degraded},{s.target}" for s in sets),
+                          default_images=8, default_size=32)
 
 
 def test_cli_mistakes_are_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "restorejax.evaluation.gir_run", f"--workdir={tmp_path}",
+  proc = subprocess.run([sys.executable, "-m", "restorejax.gir_report", f"--workdir={tmp_path}",
                          f"--weak={tmp_path}", f"--strong={tmp_path}", "--gt=/nonexistent/gt",
                          f"--out={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr

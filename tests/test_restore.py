@@ -140,15 +140,14 @@ def test_cli_reports_bad_files_restores_the_rest_and_fails(run, degraded_pair, t
 def _restore_cli(argv):
   """`restorejax-restore ARGV` in this process: (exit status, stderr lines)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from restorejax import main as cli  # pylint: disable=g-import-not-at-top
-  if "out" not in flags.FLAGS:
-    restore._define_flags()  # pylint: disable=protected-access
+  from restorejax import cli  # pylint: disable=g-import-not-at-top
+  restore.define_flags()
   flags.FLAGS.unparse_flags()
   import contextlib, io  # pylint: disable=g-import-not-at-top,multiple-imports
   err = io.StringIO()
   with contextlib.redirect_stderr(err):
     try:
-      restore.main(cli.parse_command_flags(["restorejax-restore", *argv]))
+      restore.main(cli.parse_flags(["restorejax-restore", *argv]))
       status = 0
     except SystemExit as e:
       status = e.code

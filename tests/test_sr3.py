@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl import flags
 
-from restorejax import cascade, checkpoint, sharding, tasks
+from restorejax import cascade, checkpoint, restore, sharding, tasks
 from restorejax.data import images, procedural
 from restorejax.diffusion import conditioning, tiled
-from restorejax.tasks import sr3
+from restorejax.tasks import sr3, sr3_cascade
 from conftest import ROOT
 
 
@@ -268,7 +269,7 @@ def test_cascade_runs_two_stages_from_run_directories(tmp_path):
   image = procedural._cached(1, 12, 0)[:, :10]  # 12x10 LR: odd sizes pad inside and crop back
   images.write_png(str(tmp_path / "in.png"), image)
   out = tmp_path / "out"
-  stages = [cascade.load_stage(d) for d in dirs]
+  stages = [sr3_cascade.load_stage(d) for d in dirs]
   failures = cascade.cascade_files(stages, [str(tmp_path / "in.png")], str(out), seed=0, save_stages=True,
                                    sample_steps=2)
   assert failures == []
@@ -277,14 +278,26 @@ def test_cascade_runs_two_stages_from_run_directories(tmp_path):
   assert first.shape == (24, 20, 3) and final.shape == (48, 40, 3)
   # The same stages and seed give the same images (stage keys come from the seed).
   lr = image[None].astype(np.float32) / 255.0
-  a = cascade.run_cascade(stages, lr, jax.random.PRNGKey(0), sample_steps=2)
-  b = cascade.run_cascade(stages, lr, jax.random.PRNGKey(0), sample_steps=2)
+  a = sr3_cascade.run_cascade(stages, lr, jax.random.PRNGKey(0), sample_steps=2)
+  b = sr3_cascade.run_cascade(stages, lr, jax.random.PRNGKey(0), sample_steps=2)
   np.testing.assert_array_equal(np.round(a[-1][0] * 255).astype(np.uint8), final)
   np.testing.assert_array_equal(a[-1], b[-1])
+  # restorejax-restore on one SR3 run samples as the cascade's first stage does (same seed, same key), run
+  # in this process after the cascade command defined its flags: each command has its own --out, --tile,
+  # --seed, none is defined twice.
+  cascade.define_flags()
+  restore.define_flags()
+  flags.FLAGS.unparse_flags()
+  restore.main(restore.parse_flags(["restorejax-restore", f"--workdir={dirs[0]}", f"--out={tmp_path / 'restored'}",
+                                    "--sample_steps=2", "--seed=0", str(tmp_path / "in.png")]))
+  np.testing.assert_array_equal(images.to_rgb8(images.read(str(tmp_path / "restored" / "in.png")))[0], first)
+  with pytest.raises(ValueError, match="an SR3 run takes no prior"):
+    restore.restore_files(dirs[0], [str(tmp_path / "in.png")], str(tmp_path / "restored2"),
+                          prior=str(tmp_path / "in.png"))
   with pytest.raises(ValueError, match="not 'sr3'"):
     other = tmp_path / "other"
     checkpoint.export_params(str(other), load_config("configs/diffusion_prior.py", "tiny"), {"w": np.zeros(1)})
-    cascade.load_stage(str(other))
+    sr3_cascade.load_stage(str(other))
 
 
 def test_cascade_command_names_a_bad_run_directory(tmp_path):

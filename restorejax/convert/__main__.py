@@ -29,8 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from restorejax import convert
-from restorejax.convert import torch_io
+from restorejax import checkpoint, cli, convert
+from restorejax.convert import adm, torch_io
+from restorejax.models import adm_unet
 
 
 def _value(text: str):
@@ -59,17 +60,12 @@ def run_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 PROG = "python -m restorejax.convert"
 
 
-def fail(message: str) -> None:
-  print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Converts and exports (module doc); a mistake is one line on stderr and exit status 2."""
   try:
     return _convert(argv)
   except (ValueError, KeyError, ImportError, OSError) as e:  # user mistakes, not bugs
-    fail(" ".join(str(e).split()) or type(e).__name__)
+    cli.fail(" ".join(str(e).split()) or type(e).__name__, PROG)
 
 
 def _convert(argv: Optional[Sequence[str]]) -> int:
@@ -90,7 +86,6 @@ def _convert(argv: Optional[Sequence[str]]) -> int:
     raise ValueError(f"--src={args.src}: no such file")
 
   if args.arch == "adm":
-    from restorejax.models import adm_unet  # pylint: disable=g-import-not-at-top
     model_cfg = adm_unet.default_config(args.preset)
   else:
     model_cfg = convert.preset_config(args.arch, args.preset)
@@ -101,7 +96,6 @@ def _convert(argv: Optional[Sequence[str]]) -> int:
     model_cfg[field] = _value(value)
   state = torch_io.load_state_dict(args.src, key=args.key)
   if args.arch == "adm":
-    from restorejax.convert import adm  # pylint: disable=g-import-not-at-top
     params = adm.convert(state, model_cfg)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     print(f"{args.src}: {len(state)} tensors -> {count:,} parameters (adm {args.preset})")
@@ -111,8 +105,6 @@ def _convert(argv: Optional[Sequence[str]]) -> int:
   params = convert.convert(args.arch, state, model_cfg)
   count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
   print(f"{args.src}: {len(state)} tensors -> {count:,} parameters ({args.arch} {args.preset})")
-
-  from restorejax import checkpoint  # pylint: disable=g-import-not-at-top
   checkpoint.export_params(args.out, run_config(model_cfg), params)
   print(f"wrote {args.out}")
   return 0

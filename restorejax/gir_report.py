@@ -1,6 +1,6 @@
 """Command line: the GIR report of a run against two reference runs, on the 100-task suite.
 
-    python -m restorejax.evaluation.gir_run --workdir=DIR --weak=DIR1 --strong=DIR2 \\
+    restorejax-gir --workdir=DIR --weak=DIR1 --strong=DIR2 \\
         --gt=FOLDER|default --out=REPORT [--seed=0] [--real=NAME=DEG_DIR,TGT_DIR[,PRIOR_DIR] ...] \\
         [--lines=LINES.json] [--crop_border=N] [--test_y_channel]
 
@@ -13,7 +13,8 @@
 3. acceptance lines = the weak reference's scores, excellence lines = the strong one's; AR, ER and RPR
    per metric (`evaluation.gir`) into REPORT/gir_report.md, gir_report.png, gir_result.json.
 
-Several processes are joined like training runs (flags of restorejax.main); process 0 builds the
+Also `python -m restorejax.gir_report`. Several processes are joined like training runs
+(`--coordinator_address --num_processes --process_id`, or as the launcher says); process 0 builds the
 suite and writes the files. One-line errors (`restorejax: error: ...`, exit 2) for user mistakes.
 """
 
@@ -22,34 +23,38 @@ import os
 import time
 from typing import Any, Optional
 
+import jax
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 
-from restorejax import main as cli
+from restorejax import cli
+from restorejax.evaluation import evaluator, gir, gir_suite, restorer
 
 FLAGS = flags.FLAGS
 METRICS = ("psnr", "ssim")  # scored against lines; input scores are kept in the scores files only
 
 
-def _define_flags() -> None:
-  flags.DEFINE_string("weak", None, "Weak reference (acceptance lines): run directory or scores JSON.")
-  flags.DEFINE_string("strong", None, "Strong reference (excellence lines): run directory or scores JSON.")
-  flags.DEFINE_string("lines", None, "Lines JSON (gir.py format) instead of --weak / --strong.")
-  flags.DEFINE_string("gt", "default", "Ground-truth folder, or 'default' (procedural dead leaves).")
-  flags.DEFINE_string("out", None, "Report directory.")
-  flags.DEFINE_string("suite_dir", None, "Where the suite is built / reused (default: OUT/suite).")
-  flags.DEFINE_integer("seed", 0, "Seed of the suite (which triples, every degradation parameter).")
-  flags.DEFINE_multi_string("real", [], "A real-degradation set NAME=DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR].")
-  flags.DEFINE_integer("default_images", 16, "Images of the 'default' ground truth.")
-  flags.DEFINE_integer("default_size", 64, "Side of the 'default' ground-truth images.")
-  flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics.")
-  flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only.")
-  flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: the run's config.eval.batch_size.")
+def define_flags() -> None:
+  """The command's flags: the run directory, distributed and cache flags, and its own."""
+  with cli.command_flags(workdir=True, distributed=True, compilation_cache=True):
+    flags.DEFINE_string("weak", None, "Weak reference (acceptance lines): run directory or scores JSON.")
+    flags.DEFINE_string("strong", None, "Strong reference (excellence lines): run directory or scores JSON.")
+    flags.DEFINE_string("lines", None, "Lines JSON (gir.py format) instead of --weak / --strong.")
+    flags.DEFINE_string("gt", "default", "Ground-truth folder, or 'default' (procedural dead leaves).")
+    flags.DEFINE_string("out", None, "Report directory.")
+    flags.DEFINE_string("suite_dir", None, "Where the suite is built / reused (default: OUT/suite).")
+    flags.DEFINE_integer("seed", 0, "Seed of the suite (which triples, every degradation parameter).")
+    flags.DEFINE_multi_string("real", [], "A real-degradation set NAME=DEGRADED_DIR,TARGET_DIR[,PRIOR_DIR].")
+    flags.DEFINE_integer("default_images", 16, "Images of the 'default' ground truth.")
+    flags.DEFINE_integer("default_size", 64, "Side of the 'default' ground-truth images.")
+    flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics.")
+    flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only.")
+    flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: the run's config.eval.batch_size.")
 
 
 def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_channel: bool = False,
               batch_size: int = 0) -> dict[str, dict[str, float]]:
   """Per-task scores of the run in `workdir` on a built suite (all devices, all processes)."""
-  from restorejax.evaluation import evaluator, gir_suite, restorer  # pylint: disable=g-import-not-at-top
   run = restorer.load(workdir)
   m, batch_sh = restorer.mesh_and_sharding(run.config)
   shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
@@ -68,8 +73,6 @@ def _model_name(path: str) -> str:
 
 def _scores_of(path: str, suite_dir: str, out: str, label: str, **options) -> tuple[str, dict]:
   """(name, task -> metric -> score) of a run directory (scored now, saved) or a scores JSON file."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from restorejax.evaluation import gir  # pylint: disable=g-import-not-at-top
   if os.path.isfile(path):
     return gir.load_scores(path)
   if not os.path.isdir(path):
@@ -92,10 +95,6 @@ def gir_report(workdir: str, out: str, *, weak: Optional[str] = None, strong: Op
                seed: int = 0, real: tuple[str, ...] = (), default_images: int = 16, default_size: int = 64,
                crop_border: int = 0, test_y_channel: bool = False, batch_size: int = 0) -> dict[str, Any]:
   """Builds / reuses the suite, scores the runs, writes the report; returns gir.evaluate's result."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from restorejax.evaluation import gir, gir_suite  # pylint: disable=g-import-not-at-top
-
   if bool(lines) == bool(weak or strong) or (not lines and not (weak and strong)):
     raise ValueError("give either --weak and --strong (run directories or scores files), or --lines")
   if gt != "default" and not os.path.isdir(gt):
@@ -134,16 +133,10 @@ def gir_report(workdir: str, out: str, *, weak: Optional[str] = None, strong: Op
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  for flag in ("workdir", "out"):
-    if not getattr(FLAGS, flag):
-      cli.fail(f"--{flag} is required")
-  cli.quiet_libraries()
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
-  cli.initialize_distributed()
+  cli.no_arguments(argv)
+  cli.require("workdir")
+  cli.require("out")
+  cli.start(distributed=True)
   start = time.time()
   try:
     result = gir_report(FLAGS.workdir, FLAGS.out, weak=FLAGS.weak, strong=FLAGS.strong, lines=FLAGS.lines,
@@ -160,8 +153,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_command_flags)
+  """Console entry point `restorejax-gir`."""
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

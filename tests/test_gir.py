@@ -96,6 +96,25 @@ def test_mismatches_are_errors():
   with pytest.raises(ValueError, match="no ssim score"):
     gir.evaluate({**SCORES, "blur": {"psnr": 28.0}}, LINES)
   with pytest.raises(ValueError, match="minimum line gap"):
-    gir.evaluate({"t": {"lpips": 0.1}}, {"t": {"lpips": (0.2, 0.1)}})
+    gir.evaluate({"t": {"fid": 0.1}}, {"t": {"fid": (0.2, 0.1)}})  # a metric with no known gap
   with pytest.raises(ValueError, match="different tasks"):
     gir.lines_from_references({"a": {"psnr": 1.0}}, {"b": {"psnr": 2.0}})
+
+
+def test_lower_is_better_metrics_pass_below_their_lines():
+  """LPIPS and NIQE: a score at or below a line passes it; RPR grows as the score falls; lines closer
+  than the gap (or the wrong way round) are dropped from RPR only."""
+  lines = {"noise": {"lpips": (0.30, 0.20)}, "blur": {"lpips": (0.30, 0.20)},
+           "haze": {"lpips": (0.200, 0.195)}, "rain": {"niqe": (6.0, 5.0)}}
+  scores = {"noise": {"lpips": 0.25}, "blur": {"lpips": 0.35}, "haze": {"lpips": 0.1},
+            "rain": {"niqe": 4.5}}
+  result = gir.evaluate(scores, lines)
+  rows = {r["task"]: r for r in result["metrics"]["lpips"]["tasks"]}
+  assert rows["noise"]["pass_acceptance"] and not rows["noise"]["pass_excellence"]
+  assert rows["noise"]["rpr"] == pytest.approx(sigmoid(0.5))
+  assert not rows["blur"]["pass_acceptance"] and rows["blur"]["rpr"] == pytest.approx(sigmoid(-0.5))
+  assert rows["haze"]["pass_excellence"] and rows["haze"]["rpr"] is None  # 0.005 apart: dropped
+  assert result["metrics"]["lpips"]["ar"] == pytest.approx(2 / 3)
+  niqe = result["metrics"]["niqe"]["tasks"][0]
+  assert niqe["pass_excellence"] and niqe["rpr"] == pytest.approx(sigmoid(1.5))
+  assert "| lpips (lower is better) | 3 |" in gir.markdown(result)

@@ -2,15 +2,20 @@
 
 General image restoration (Kong et al., arXiv 2408.15143) scores one model on many degradation tasks
 against two reference lines per task and metric, the scores of a weak and a strong reference model
-(definitions as in the same lab's SEAL). Per metric (higher is better: PSNR, SSIM), over its N tasks:
+(definitions as in the same lab's SEAL). Per metric, over its N tasks (higher is better: PSNR, SSIM):
 
     AR    = #{i : s_i >= A_i} / N                  acceptance ratio
     ER    = #{i : s_i >= E_i} / N                  excellence ratio
     RPR_i = sigmoid((s_i - A_i) / (E_i - A_i))     relative performance; RPR = mean over kept tasks
 
-A task whose lines are closer than `MIN_GAP` (E_i - A_i < 0.1 dB PSNR, < 0.01 SSIM, negative gaps
-included; a gap equal to it up to 1e-9 is kept) is dropped from RPR only, and the report says how
-many were. AR and ER keep every task.
+For the metrics where lower is better (`LOWER_IS_BETTER`: LPIPS, NIQE) "at least as good as" is `<=`:
+AR counts s_i <= A_i, ER s_i <= E_i, and the RPR formula is unchanged (E_i - A_i is then negative, so
+(s_i - A_i) / (E_i - A_i) still grows as s_i improves).
+
+A task whose lines are closer than `MIN_GAP` in the metric's good direction (E_i - A_i < 0.1 dB PSNR,
+< 0.01 SSIM; A_i - E_i < 0.01 LPIPS, < 0.1 NIQE: our choice, one small visible step of each; lines the
+wrong way round included; a gap equal to it up to 1e-9 is kept) is dropped from RPR only, and the report
+says how many were. AR and ER keep every task.
 
 Files (JSON):
 - scores of one model:  {"model": "<name>", "scores": {"<task>": {"psnr": 27.31, "ssim": 0.812}, ...}}
@@ -33,7 +38,8 @@ from typing import Mapping, Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
-MIN_GAP = {"psnr": 0.1, "ssim": 0.01}
+MIN_GAP = {"psnr": 0.1, "ssim": 0.01, "lpips": 0.01, "niqe": 0.1}
+LOWER_IS_BETTER = ("lpips", "niqe")
 
 Scores = Mapping[str, Mapping[str, float]]  # task -> metric -> value
 Lines = Mapping[str, Mapping[str, tuple[float, float]]]  # task -> metric -> (acceptance, excellence)
@@ -125,11 +131,12 @@ def evaluate(scores: Scores, lines: Lines, *, min_gap: Optional[Mapping[str, flo
         raise ValueError(f"task {task!r}: no {metric} score for a task that has {metric} lines")
       s = scores[task][metric]
       a, e = lines[task][metric]
+      sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # scores times sign: higher is better
       # The tolerance keeps lines typed with the gap exactly (27.3 / 27.4) from failing by a rounding.
-      kept = e - a >= min_gap[metric] - 1e-9
+      kept = sign * (e - a) >= min_gap[metric] - 1e-9
       rows.append({
           "task": task, "score": s, "acceptance": a, "excellence": e,
-          "pass_acceptance": s >= a, "pass_excellence": s >= e,
+          "pass_acceptance": sign * s >= sign * a, "pass_excellence": sign * s >= sign * e,
           "rpr": _sigmoid((s - a) / (e - a)) if kept else None,
       })
     n = len(rows)
@@ -161,12 +168,13 @@ def markdown(result: dict, model: str = "") -> str:
          "| metric | tasks | AR | ER | RPR | RPR tasks | dropped from RPR (E - A < gap) |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
   for metric, r in result["metrics"].items():
-    out.append(f"| {metric} | {r['n']} | {r['ar']:.4f} | {r['er']:.4f} | {_fmt(r['rpr'], 4)} | "
+    label = f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric
+    out.append(f"| {label} | {r['n']} | {r['ar']:.4f} | {r['er']:.4f} | {_fmt(r['rpr'], 4)} | "
                f"{r['rpr_tasks']} | {r['dropped']} (gap {r['min_gap']:g}) |")
   if result["not_evaluated"]:
     out += ["", f"Not evaluated (no lines): {', '.join(result['not_evaluated'])}."]
   for metric, r in result["metrics"].items():
-    digits = 2 if metric == "psnr" else 4
+    digits = 2 if metric in ("psnr", "niqe") else 4
     out += ["", f"## {metric}", "",
             "| task | score | A | E | pass A | pass E | RPR |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in r["tasks"]:

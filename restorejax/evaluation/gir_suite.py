@@ -35,6 +35,7 @@ import numpy as np
 
 from restorejax.data import degrade, images, procedural
 from restorejax.evaluation import datasets, evaluator
+from restorejax.evaluation import perceptual as perceptual_lib
 from restorejax.evaluation.evaluator import LazyExample
 
 MANIFEST = "manifest.json"
@@ -230,9 +231,11 @@ def _load_synthetic(degraded: str, target: str) -> dict[str, np.ndarray]:
 
 
 def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str, *, batch_size: int,
-          multiple: int, pad_mode: str = "constant", crop_border: int = 0,
-          test_y_channel: bool = False) -> dict[str, dict[str, float]]:
-  """task -> {'psnr', 'ssim', 'input_psnr', 'input_ssim'}: means over the task's images (BasicSR).
+          multiple: int, pad_mode: str = "constant", crop_border: int = 0, test_y_channel: bool = False,
+          perceptual: bool = False) -> dict[str, dict[str, float]]:
+  """task -> {'psnr', 'ssim', 'input_psnr', 'input_ssim'}: means over the task's images (BasicSR); with
+  `perceptual`, also 'lpips' and 'niqe' (and their input_ scores) where their weights are installed
+  (NIQE: means over the images large enough for it, absent for a task with none).
 
   All tasks go through one evaluator per prior status (synthetic tasks have none), so the model
   compiles once per image canvas, not once per task.
@@ -246,10 +249,17 @@ def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str,
   for exs in groups.values():
     ev = evaluator.Evaluator(apply_fn, mesh, batch_sharding, exs, batch_size=batch_size, multiple=multiple,
                              pad_mode=pad_mode, crop_border=crop_border, test_y_channel=test_y_channel,
-                             cache=False, grid_count=0)
+                             cache=False, grid_count=0, perceptual=perceptual)
     rows += ev(params).per_image
   per_task: dict[str, list] = {}
   for row in rows:
     per_task.setdefault(row["name"].rsplit("/", 1)[0], []).append(row)
-  return {task: {k: float(np.mean([r[k] for r in per_task[task]])) for k in evaluator.METRICS}
-          for task in by_task}
+  out = {}
+  for task in by_task:
+    rows = per_task[task]
+    out[task] = {k: float(np.mean([r[k] for r in rows])) for k in evaluator.METRICS}
+    for k in sorted({k for r in rows for k in r} & set(perceptual_lib.METRICS)):
+      finite = [r[k] for r in rows if k in r and np.isfinite(r[k])]
+      if finite:
+        out[task][k] = float(np.mean(finite))
+  return out

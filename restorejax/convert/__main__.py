@@ -15,7 +15,7 @@ missing or unused and their counts, a pickled file refused) ends with one line
 
 `--arch adm` (guided-diffusion UNets, presets of `restorejax.models.adm_unet.ADM_PRESETS`) writes a
 diffusion-prior directory instead (task 'diffusion', see `restorejax.convert.adm.export_prior`), which
-DiffLoss's `config.losses.diffloss.prior` takes.
+DiffLoss's `config.losses.diffloss.diffusion_run` takes.
 """
 
 import argparse
@@ -29,8 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from restorejax import convert
-from restorejax.convert import torch_io
+from restorejax import checkpoint, convert
+from restorejax.convert import adm, torch_io
+from restorejax.models import adm_unet
 
 
 def _value(text: str):
@@ -90,7 +91,6 @@ def _convert(argv: Optional[Sequence[str]]) -> int:
     raise ValueError(f"--src={args.src}: no such file")
 
   if args.arch == "adm":
-    from restorejax.models import adm_unet  # pylint: disable=g-import-not-at-top
     model_cfg = adm_unet.default_config(args.preset)
   else:
     model_cfg = convert.preset_config(args.arch, args.preset)
@@ -101,7 +101,6 @@ def _convert(argv: Optional[Sequence[str]]) -> int:
     model_cfg[field] = _value(value)
   state = torch_io.load_state_dict(args.src, key=args.key)
   if args.arch == "adm":
-    from restorejax.convert import adm  # pylint: disable=g-import-not-at-top
     params = adm.convert(state, model_cfg)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     print(f"{args.src}: {len(state)} tensors -> {count:,} parameters (adm {args.preset})")
@@ -112,7 +111,6 @@ def _convert(argv: Optional[Sequence[str]]) -> int:
   count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
   print(f"{args.src}: {len(state)} tensors -> {count:,} parameters ({args.arch} {args.preset})")
 
-  from restorejax import checkpoint  # pylint: disable=g-import-not-at-top
   checkpoint.export_params(args.out, run_config(model_cfg), params)
   print(f"wrote {args.out}")
   return 0

@@ -22,11 +22,12 @@ even computed for them: the backward pass through the UNet is input gradients on
 The diffusion prior is a run directory (`config.losses.diffloss.diffusion_run`; its old name
 `config.losses.diffloss.prior` is still accepted, and in configs from `losses.default_config` both keys are
 one value): a run of the 'diffusion' task (configs/diffusion_prior.py; its EMA parameters are used) or
-converted official weights (`python -m restorejax.convert.adm --out DIR`). Its `config.json` gives the network and the schedule;
-its parameters are loaded once, as host arrays, into `aux['diffloss']['params']` and sharded by the run's
-`config.sharding.rules` under paths `diffloss/params/...` (`sharding_rules()` gives ADM's FSDP rules for
-them). Cost: two UNet forwards and one input-gradient backward per image and t sample (ADM-256: about
-1.1 TFLOPs a forward); `remat` and `dtype='bfloat16'` trade compute and precision for memory and speed.
+converted official weights (`python -m restorejax.convert.adm --out DIR`). Its `config.json` gives the
+network and the schedule; its parameters are loaded once, as host arrays, into `aux['diffloss']['params']`
+and sharded by the run's `config.sharding.rules` under paths `diffloss/params/...` (`sharding_rules()`
+gives ADM's FSDP rules for them). Cost: two UNet forwards and one input-gradient backward per image and t
+sample (ADM-256: about 1.1 TFLOPs a forward); `remat` and `dtype='bfloat16'` trade compute and precision
+for memory and speed.
 """
 
 import dataclasses

@@ -309,7 +309,7 @@ def test_convert_consumes_every_official_key(official_keys, name):
   params = convert_adm.convert(sd, cfg)
   flat = flax.traverse_util.flatten_dict(params)
   model = adm_unet.build(cfg)
-  expected = flax.traverse_util.flatten_dict(convert_adm.param_shapes(model))
+  expected = flax.traverse_util.flatten_dict(adm_unet.param_shapes(model))
   assert flat.keys() == expected.keys()
   assert len(flat) == len(sd)  # one parameter per key, none left over
   for path, v in flat.items():

@@ -10,6 +10,8 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 
 import flax
 import jax
@@ -43,7 +45,7 @@ def prior(tmp_path_factory):
   """(directory, params) of a random 16-channel, 32x32, learned-sigma prior."""
   cfg = adm_unet.default_config("tiny")
   cfg.update(model_channels=16, norm_groups=8, num_head_channels=16)
-  params = _randomize(convert_adm.param_shapes(adm_unet.build(cfg)), 0)
+  params = _randomize(adm_unet.param_shapes(adm_unet.build(cfg)), 0)
   path = str(tmp_path_factory.mktemp("prior"))
   convert_adm.export_prior(path, params, cfg)
   return path, params
@@ -162,7 +164,7 @@ def test_config_rules_shard_the_prior_like_adm():
   from configs import diffloss_nafnet  # pylint: disable=g-import-not-at-top
   config = diffloss_nafnet.get_config("tiny,prior=/nowhere")
   assert config.losses.diffloss.prior == "/nowhere" and config.losses.diffloss.weight == 1e-3
-  shapes = convert_adm.param_shapes(adm_unet.build("tiny"))
+  shapes = adm_unet.param_shapes(adm_unet.build("tiny"))
   for path, leaf in flax.traverse_util.flatten_dict({"diffloss": {"params": shapes}}, sep="/").items():
     first = next(spec for pattern, spec in config.sharding.rules if re.search(pattern, path))
     assert (first == "fsdp") == (leaf.ndim > 1), path
@@ -217,3 +219,34 @@ def test_prior_directory_may_be_relative(prior, monkeypatch):
   monkeypatch.chdir(os.path.dirname(path))  # e.g. the default runs/diffusion_prior
   aux = diffloss.build_aux(prior=os.path.basename(path))
   np.testing.assert_array_equal(aux["params"]["out_conv"]["kernel"], params["out_conv"]["kernel"])
+
+
+def test_diffusion_run_is_the_option_and_prior_its_old_name(prior, monkeypatch):
+  path, params = prior
+  aux = diffloss.build_aux(diffusion_run=path)
+  np.testing.assert_array_equal(aux["params"]["out_conv"]["kernel"], params["out_conv"]["kernel"])
+  # Either spelling sets the one value: an old config, override or sweep keeps working.
+  assert tiny_config(**{"losses.diffloss.prior": path}).losses.diffloss.diffusion_run == path
+  assert tiny_config(**{"losses.diffloss.diffusion_run": path}).losses.diffloss.prior == path
+  losses.build({"diffloss": {"weight": 1.0, "prior": path}})  # a config.json written before the rename
+  with pytest.raises(ValueError, match=r"diffusion_run=/a and its old name config.losses.diffloss.prior=/b "
+                                       "differ"):
+    diffloss.build_aux(diffusion_run="/a", prior="/b")
+  with pytest.raises(ValueError, match="config.losses.diffloss.diffusion_run=/nowhere: no such directory"):
+    diffloss.build_aux(diffusion_run="/nowhere")
+
+
+def test_losses_import_no_converter_or_task_and_the_converter_no_task():
+  code = """
+import sys
+above = lambda *names: sorted(m for m in sys.modules if m.startswith(names))
+import restorejax.losses
+print(above("restorejax.convert", "restorejax.tasks", "restorejax.train"))
+import restorejax.convert.adm
+print(above("restorejax.tasks", "restorejax.train"))
+"""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                        env={**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[-3:] == ["[]", "[]", ""], proc.stdout

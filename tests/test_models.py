@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from restorejax import models
-from restorejax.models import stack, torch_compat
+from restorejax.models import restorer, stack, torch_compat
 
 TINY = {
     "nafnet": dict(width=8, enc_blocks=(1,), middle_blocks=2, dec_blocks=(1,)),
@@ -270,3 +270,25 @@ def test_presets_build_and_bad_options_fail():
   cfg = models.default_config("restormer")
   with pytest.raises(ValueError, match="channels"):
     jax.eval_shape(models.build(cfg).init, jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+
+def test_restorer_base_declares_the_shared_fields_and_each_network_its_padding_and_scale():
+  for name in NAMES:
+    cls = models.model_class(name)
+    assert issubclass(cls, restorer.Restorer), name
+    assert not set(vars(cls).get("__annotations__", {})) & set(restorer.SHARED_FIELDS), name  # declared once
+  build = lambda name, **fields: models.build(_block(name, **fields))
+  assert build("nafnet", enc_blocks=(1, 1, 1), dec_blocks=(1, 1, 1)).input_padding() == (8, "constant")
+  assert build("restormer").input_padding() == (8, "reflect")
+  assert build("swinir", window_size=7).input_padding() == (7, "reflect")
+  assert build("swinir", upscale=3).output_scale() == 3 and build("rrdbnet", scale=2).output_scale() == 2
+  for name in ("rrdbnet", "dehazenet"):
+    assert build(name).input_padding() == (1, "constant")
+  assert build("nafnet").output_scale() == build("restormer").output_scale() == 1
+  assert "fusion_width" not in models.default_config("dehazenet")  # concat only: no feature-fusion fields
+
+
+def _block(name, **fields):
+  cfg = models.default_config(name)
+  cfg.update(fields)
+  return cfg

@@ -5,6 +5,10 @@ of a flat {key: numpy array} state dict (see `torch_io.load_state_dict`) and the
 returning the Flax params tree in the model's scan or unrolled layout. Every official key must be used and
 every expected one present, or it fails naming them. `preset_config(arch, preset)` is the `config.model`
 of an official configuration; `python -m restorejax.convert` does it all from the command line.
+
+A network with official weights adds its converter module and its line in `CONVERTERS` (an explicit
+table, like `models.MODELS`); every other fact about the network (fields, presets, input padding, output
+scale) lives in its model module.
 """
 
 import importlib
@@ -26,8 +30,7 @@ CONVERTERS = {
 
 def presets(arch: str) -> dict:
   """The named official configurations of a network (its module's PRESETS)."""
-  module, _ = models.MODELS[arch]
-  return importlib.import_module(module).PRESETS
+  return importlib.import_module(models.model_class(arch).__module__).PRESETS
 
 
 def preset_config(arch: str, preset: str) -> ml_collections.ConfigDict:

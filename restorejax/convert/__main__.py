@@ -15,7 +15,7 @@ missing or unused and their counts, a pickled file refused) ends with one line
 
 `--arch adm` (guided-diffusion UNets, presets of `restorejax.models.adm_unet.ADM_PRESETS`) writes a
 diffusion-prior directory instead (task 'diffusion', see `restorejax.convert.adm.export_prior`), which
-DiffLoss's `config.losses.diffloss.prior` takes.
+DiffLoss's `config.losses.diffloss.diffusion_run` takes.
 """
 
 import argparse

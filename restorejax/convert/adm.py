@@ -11,7 +11,8 @@ Command line (torch only needed for .pt files, loaded with weights_only=True):
       --preset imagenet256-uncond --out runs/adm256_uncond
 writes a run directory (`restorejax.checkpoint.export_params`) whose config.json has task 'diffusion',
 the ADM network as `model` and the schedule as `diffusion` (linear, 1000 steps: the released models'),
-which is what DiffLoss's `config.losses.diffloss.prior` takes, like a trained prior's run directory.
+which is what DiffLoss's `config.losses.diffloss.diffusion_run` takes, like a trained prior's run
+directory.
 `--out FILE.msgpack` writes the bare parameters instead (`load_params` reads them back).
 `python -m restorejax.convert --arch adm --preset ... --src ... --out DIR` does the same.
 
@@ -26,11 +27,13 @@ from typing import Any, Mapping
 
 from flax import serialization, traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from restorejax import checkpoint
 from restorejax.convert import layout
+from restorejax.diffusion import run_config
 from restorejax.models import adm_unet
+from restorejax.models.adm_unet import param_shapes  # lives beside its model
 
 # Our top-level module names -> official names; block names are `<list>_<i>[_<j>]` -> `<list>.<i>[.<j>]`.
 _TOP = {"time_embed_in": "time_embed.0", "time_embed_out": "time_embed.2", "label_emb": "label_emb",
@@ -69,14 +72,6 @@ def _to_ours(key: str, value: np.ndarray, leaf: str, shape: tuple[int, ...]) -> 
   if value.shape != tuple(shape):
     raise ValueError(f"adm convert: {key} converts to shape {value.shape}, the model expects {tuple(shape)}")
   return value
-
-
-def param_shapes(model: adm_unet.ADMUNet) -> Any:
-  """The model's parameter tree as ShapeDtypeStructs (traced, nothing allocated)."""
-  side = 2 ** (len(model.channel_mult) - 1)
-  x = jnp.zeros((1, side, side, model.in_channels))
-  y = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
-  return jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros((1,)), y)["params"]
 
 
 def convert(state_dict: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
@@ -129,15 +124,13 @@ def load_params(path: str) -> dict[str, Any]:
 def export_prior(out_dir: str, params: Any, preset_or_config: Any, *, schedule: str = "linear",
                  num_steps: int = 1000) -> None:
   """A run directory of converted weights that DiffLoss (and `config.init_from`) take as a diffusion prior."""
-  from restorejax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax)
-  from restorejax.tasks import diffusion  # pylint: disable=g-import-not-at-top
   if isinstance(preset_or_config, str):
     model_cfg = adm_unet.default_config(preset_or_config)
   else:
     model_cfg = adm_unet.default_config("tiny")
     model_cfg.update({k: v for k, v in dict(preset_or_config).items() if k != "name"})
-  config = diffusion.prior_config(model_cfg, schedule=schedule, num_steps=num_steps,
-                                  image_size=model_cfg.image_size)
+  config = run_config.prior_config(model_cfg, schedule=schedule, num_steps=num_steps,
+                                   image_size=model_cfg.image_size)
   checkpoint.export_params(out_dir, config, params)
 
 

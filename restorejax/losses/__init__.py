@@ -8,7 +8,8 @@ Every computed term is logged as `train/loss/<name>` (its parts as `train/loss/<
 
 Terms:
   against the target (pixel.py)   l1, l2, charbonnier, psnr, ssim (1 - SSIM), fft (FFT L1)
-  DiffLoss (diffloss.py)          diffloss: a frozen diffusion prior (`prior` = its run directory)
+  DiffLoss (diffloss.py)          diffloss: a frozen diffusion prior (`diffusion_run` = its run directory;
+                                  `prior`, its old name, is the same value)
   against the prior (prior.py)    prior_color, prior_patch, prior_gradient, prior_shift_l1; they never
                                   read `target`, so they also supervise where no ground truth exists
 
@@ -54,13 +55,24 @@ def term_options(name: str) -> dict[str, Any]:
   return {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name != "aux"}
 
 
+# Options a term renamed but still takes, old name -> new: in `default_config` the old key is a reference
+# to the new one, so either spelling (a config file, an override, a sweep) sets the one value.
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "diffloss": diffloss_lib.RENAMED_OPTIONS,
+}
+
+
 def default_config(**weights: float) -> ml_collections.ConfigDict:
   """Every known term with its default options; weight 0 (off) unless given, e.g. `default_config(l1=1.0)`."""
   unknown = sorted(set(weights) - set(TERMS))
   if unknown:
     raise ValueError(f"unknown loss term(s) {', '.join(unknown)} (known: {', '.join(sorted(TERMS))})")
-  return ml_collections.ConfigDict(
+  cfg = ml_collections.ConfigDict(
       {name: {"weight": float(weights.get(name, 0.0)), **term_options(name)} for name in TERMS})
+  for name, renamed in RENAMED_OPTIONS.items():
+    for old, new in renamed.items():
+      cfg[name][old] = cfg[name].get_ref(new)
+  return cfg
 
 
 # Terms that need frozen models or tables: name -> fn(options) -> pytree of host arrays, given to the

@@ -19,13 +19,15 @@ into the restored branch; the target branch is under `stop_gradient` (forward on
 parameters are `aux`, never part of the train state, so they are never updated (no weight gradients are
 even computed for them: the backward pass through the UNet is input gradients only).
 
-The prior is a run directory (`config.losses.diffloss.prior`): a run of the 'diffusion' task
-(configs/diffusion_prior.py; its EMA parameters are used) or converted official weights
-(`python -m restorejax.convert.adm --out DIR`). Its `config.json` gives the network and the schedule;
-its parameters are loaded once, as host arrays, into `aux['diffloss']['params']` and sharded by the run's
-`config.sharding.rules` under paths `diffloss/params/...` (`sharding_rules()` gives ADM's FSDP rules for
-them). Cost: two UNet forwards and one input-gradient backward per image and t sample (ADM-256: about
-1.1 TFLOPs a forward); `remat` and `dtype='bfloat16'` trade compute and precision for memory and speed.
+The diffusion prior is a run directory (`config.losses.diffloss.diffusion_run`; its old name
+`config.losses.diffloss.prior` is still accepted, and in configs from `losses.default_config` both keys are
+one value): a run of the 'diffusion' task (configs/diffusion_prior.py; its EMA parameters are used) or
+converted official weights (`python -m restorejax.convert.adm --out DIR`). Its `config.json` gives the
+network and the schedule; its parameters are loaded once, as host arrays, into `aux['diffloss']['params']`
+and sharded by the run's `config.sharding.rules` under paths `diffloss/params/...` (`sharding_rules()`
+gives ADM's FSDP rules for them). Cost: two UNet forwards and one input-gradient backward per image and t
+sample (ADM-256: about 1.1 TFLOPs a forward); `remat` and `dtype='bfloat16'` trade compute and precision
+for memory and speed.
 """
 
 import dataclasses
@@ -36,12 +38,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from restorejax import checkpoint
 from restorejax.diffusion import objectives, schedules
 from restorejax.losses.resize import resize
 from restorejax.models import adm_unet
 
 NAME = "diffloss"
 _RNG_STREAM = 0xD1F  # folded into the step's key: DiffLoss's draws are independent of other terms'
+# Options renamed, old name -> new: "prior" meant the diffusion model's run directory, while everywhere
+# else a prior is the guide image. Both stay options (old configs and overrides keep working);
+# `losses.default_config` makes them one value.
+RENAMED_OPTIONS = {"prior": "diffusion_run"}
+_KEY = f"config.losses.{NAME}"
 
 
 def sharding_rules(prefix: str = NAME) -> tuple[tuple[str, Any], ...]:
@@ -56,8 +64,8 @@ def _frozen(value: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class Prior:
-  """What a prior directory's config.json says: the network's fields and the noise schedule."""
+class DiffusionPrior:
+  """What a diffusion run directory's config.json says: the network's fields and the noise schedule."""
 
   path: str
   fields: tuple[tuple[str, Any], ...]
@@ -72,15 +80,28 @@ class Prior:
     return dict(self.fields)["image_size"]
 
 
+_HOW = ("give the run directory of a diffusion prior (train one with configs/diffusion_prior.py, or "
+        "convert official weights with python -m restorejax.convert.adm --out DIR)")
+
+
+def run_directory(diffusion_run: str, prior: str) -> tuple[str, str]:
+  """(the diffusion prior's run directory, the config key that named it) from the option and its old
+  name; a one-line ValueError when neither is set or they differ."""
+  if diffusion_run and prior and diffusion_run != prior:
+    raise ValueError(f"{_KEY}.diffusion_run={diffusion_run} and its old name {_KEY}.prior={prior} differ: "
+                     "set one of them")
+  if diffusion_run:
+    return diffusion_run, f"{_KEY}.diffusion_run"
+  if prior:
+    return prior, f"{_KEY}.prior"
+  raise ValueError(f"{_KEY}.diffusion_run is empty (and its old name {_KEY}.prior is empty too): {_HOW}")
+
+
 @functools.lru_cache(maxsize=16)
-def read_prior(path: str) -> Prior:
-  """The prior run directory's network and schedule, checked; errors name the key and the directory."""
-  from restorejax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only when used)
-  key = f"config.losses.{NAME}.prior"
+def read_prior(path: str, key: str = f"{_KEY}.diffusion_run") -> DiffusionPrior:
+  """The diffusion run directory's network and schedule, checked; errors name `key` and the directory."""
   if not path:
-    raise ValueError(f"{key} is empty: give the run directory of a diffusion prior (train one with "
-                     "configs/diffusion_prior.py, or convert official weights with python -m "
-                     "restorejax.convert.adm --out DIR)")
+    raise ValueError(f"{key} is empty: {_HOW}")
   if not os.path.isdir(path):
     raise ValueError(f"{key}={path}: no such directory")
   try:
@@ -91,7 +112,8 @@ def read_prior(path: str) -> Prior:
     raise ValueError(f"{key}={path}: not a diffusion prior (its config.json has task "
                      f"{config.get('task', 'restoration')!r}; expected 'diffusion')")
   fields = {k: _frozen(v) for k, v in config.model.to_dict().items() if k != "name"}
-  prior = Prior(path, tuple(sorted(fields.items())), config.diffusion.schedule, config.diffusion.num_steps)
+  prior = DiffusionPrior(path, tuple(sorted(fields.items())), config.diffusion.schedule,
+                         config.diffusion.num_steps)
   model = prior.model()
   if model.num_classes is not None or model.in_channels != 3 or model.out_channels not in (3, 6):
     raise ValueError(f"{key}={path}: DiffLoss needs an unconditional RGB eps model (num_classes None, "
@@ -100,27 +122,26 @@ def read_prior(path: str) -> Prior:
   return prior
 
 
-def build_aux(*, prior: str = "", **unused: Any) -> dict[str, Any]:
+def build_aux(*, diffusion_run: str = "", prior: str = "", **unused: Any) -> dict[str, Any]:
   """`aux['diffloss']`: the prior's parameters as host (numpy) float32 arrays, checked against its network."""
   del unused
-  from restorejax import checkpoint  # pylint: disable=g-import-not-at-top
-  from restorejax.convert import adm as convert_adm  # pylint: disable=g-import-not-at-top
-  spec = read_prior(prior)
-  params = checkpoint.load_params(prior)  # a training run's EMA parameters
-  like = convert_adm.param_shapes(spec.model())
-  return {"params": checkpoint.fit(params, like, f"config.losses.{NAME}.prior={prior}")}
+  path, key = run_directory(diffusion_run, prior)
+  spec = read_prior(path, key)
+  params = checkpoint.load_params(path)  # a training run's EMA parameters
+  like = adm_unet.param_shapes(spec.model())
+  return {"params": checkpoint.fit(params, like, f"{key}={path}")}
 
 
-def diffloss(restored, batch, *, aux, prior: str = "", naturalness: float = 1.0, semantic: float = 1e-3,
-             t_min: int = 0, t_max: int = -1, num_t: int = 1, size: int = 0, resize_method: str = "area",
-             remat: bool = False, dtype: str = "float32"):
+def diffloss(restored, batch, *, aux, diffusion_run: str = "", naturalness: float = 1.0,
+             semantic: float = 1e-3, t_min: int = 0, t_max: int = -1, num_t: int = 1, size: int = 0,
+             resize_method: str = "area", remat: bool = False, dtype: str = "float32", prior: str = ""):
   """DiffLoss; returns (naturalness * L_nat + semantic * L_sem, {'nat': L_nat, 'sem': L_sem}).
 
   Args:
     restored: the restorer's output, NHWC in [0, 1].
     batch: reads `target` (NHWC in [0, 1]).
     aux: `aux['diffloss']['params']` (from `build_aux`) and `aux['rng']`, the step's key.
-    prior: run directory of the diffusion prior (see the module docstring).
+    diffusion_run: run directory of the diffusion prior (see the module docstring).
     naturalness: weight of L_nat inside the term (the term's `weight` is the paper's gamma).
     semantic: weight of L_sem inside the term (the paper's lambda, 1e-3).
     t_min, t_max: steps drawn uniformly from [t_min, t_max] (t_max -1: the prior's last step).
@@ -129,8 +150,9 @@ def diffloss(restored, batch, *, aux, prior: str = "", naturalness: float = 1.0,
     resize_method: 'area' (integer factors), 'bilinear' or 'none' (feed images at their own size).
     remat: recompute the UNet's activations in the backward pass (memory for compute).
     dtype: the UNet's compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+    prior: the old name of `diffusion_run`, still accepted.
   """
-  spec = read_prior(prior)
+  spec = read_prior(*run_directory(diffusion_run, prior))
   if not aux or NAME not in aux or "rng" not in aux:
     raise ValueError(f"config.losses.{NAME}: the loss needs its aux inputs (build it with losses.build)")
   last = spec.num_steps - 1

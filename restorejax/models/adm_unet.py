@@ -418,3 +418,11 @@ def build(preset_or_config: str | Mapping[str, Any], **overrides: Any) -> ADMUNe
   if unknown:
     raise ValueError(f"adm config: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
   return ADMUNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def param_shapes(model: ADMUNet) -> Any:
+  """The model's parameter tree as ShapeDtypeStructs (traced, nothing allocated)."""
+  side = 2 ** (len(model.channel_mult) - 1)
+  x = jnp.zeros((1, side, side, model.in_channels))
+  y = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
+  return jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros((1,)), y)["params"]

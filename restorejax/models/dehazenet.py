@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import fusion
+from restorejax.models import fusion, restorer
 from restorejax.models.torch_compat import TORCH_INIT
 
 PRESETS = {"official": {}}
@@ -106,7 +106,7 @@ class Transmission(nn.Module):
     return jnp.clip(x.astype(jnp.float32), 0.0, 1.0)
 
 
-class DehazeNet(nn.Module):
+class DehazeNet(restorer.Restorer):
   """`model(degraded, prior=None, prior_mask=None) -> restored`; RGB NHWC in [0, 1], any spatial size.
 
   Attributes:
@@ -119,7 +119,8 @@ class DehazeNet(nn.Module):
     fusion: 'none' or 'concat' (the prior, offset like the input, and its presence plane added as
       channels to the first conv; restorejax.models.fusion). The inversion itself only reads the degraded
       image; 'sft' and 'xattn' are refused (no feature stages to modulate).
-    dtype, scan, remat: compute dtype of the CNN; no effect (no repeated blocks); rematerialise the CNN.
+    dtype, scan, remat: see `restorer.Restorer`: compute dtype of the CNN; no effect (no repeated
+      blocks); rematerialise the CNN.
   """
 
   features: int = 16
@@ -133,10 +134,6 @@ class DehazeNet(nn.Module):
   refine_radius: int = 50
   refine_eps: float = 1e-3
   t_min: float = 0.1
-  fusion: str = "none"
-  dtype: str = "float32"
-  scan: bool = True
-  remat: bool = False
 
   @nn.compact
   def transmission(self, degraded, prior=None, prior_mask=None):

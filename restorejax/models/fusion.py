@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from restorejax.models import convs
+from restorejax.models import convs, restorer
 from restorejax.models.torch_compat import TORCH_INIT, leaky_relu
 
 FUSIONS = ("none", "concat", "sft", "xattn")
@@ -275,9 +275,10 @@ class Fusion:
   feats: Optional[list] = None
 
   @classmethod
-  def of(cls, module: nn.Module, network: str, degraded: jnp.ndarray, prior, prior_mask, *, channels: int,
-         normalize: Callable = lambda p: p, supported: Sequence[str] = FUSIONS, why: str = "") -> "Fusion":
-    """From the network's `fusion`, `fusion_width`, `fusion_heads`, `fusion_scale`, `dtype`, `remat`."""
+  def of(cls, module: restorer.Restorer, network: str, degraded: jnp.ndarray, prior, prior_mask, *,
+         channels: int, normalize: Callable = lambda p: p, supported: Sequence[str] = FUSIONS,
+         why: str = "") -> "Fusion":
+    """From the network's shared fields (`restorer.Restorer`, `restorer.FeatureFusionRestorer`)."""
     check(module.fusion, network, supported, why)
     if module.fusion in ("sft", "xattn"):
       if module.fusion_width < 1 or module.fusion_heads < 1:
@@ -290,9 +291,11 @@ class Fusion:
     else:
       p, present = prior_input(degraded, prior, prior_mask, channels=channels, normalize=normalize,
                                resize=module.fusion != "concat")
-    return cls(module.fusion, p, present, getattr(module, "fusion_width", 0),
-               getattr(module, "fusion_heads", 0), getattr(module, "fusion_scale", 1),
-               jnp.dtype(module.dtype), module.remat)
+    if isinstance(module, restorer.FeatureFusionRestorer):
+      width, heads, scale = module.fusion_width, module.fusion_heads, module.fusion_scale
+    else:  # a network without feature stages supports no mode that reads them
+      width, heads, scale = 0, 0, 1
+    return cls(module.fusion, p, present, width, heads, scale, jnp.dtype(module.dtype), module.remat)
 
   def concat(self, x: jnp.ndarray) -> jnp.ndarray:
     """The first conv's input `x` (unpadded, the degraded image's grid) with the prior channels in 'concat'."""

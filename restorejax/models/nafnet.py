@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import convs, fusion, stack
+from restorejax.models import convs, fusion, restorer, stack
 from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle
 
 # Official configurations (megvii-research/NAFNet options/test/*/NAFNet-*.yml) as `config.model` values.
@@ -77,23 +77,19 @@ class NAFBlock(nn.Module):
     return y + x * self.param("gamma", nn.initializers.zeros, (c,)).astype(self.dtype)
 
 
-class NAFNet(nn.Module):
+class NAFNet(restorer.FeatureFusionRestorer):
   """`model(degraded, prior=None, prior_mask=None) -> restored`; images NHWC in [0, 1], any spatial size.
 
   Attributes:
     width: channels of the first stage; each encoder stage doubles it.
     enc_blocks, middle_blocks, dec_blocks: NAFBlocks per stage (official SIDD: 32, (2,2,4,8), 12,
       (2,2,2,2); GoPro: 64, (1,1,1,28), 1, (1,1,1,1)).
-    fusion: how a prior enters (restorejax.models.fusion): 'none', 'concat', 'sft' (after every encoder,
-      middle and decoder stage) or 'xattn' (at the bottleneck).
-    fusion_width, fusion_heads, fusion_scale: the prior encoder's base width, the cross-attention heads,
-      the cross-attention tokens' downsampling (the bottleneck's when coarser).
-    dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32, the output is float32.
     tlsc_size: test-time local statistics (NAFNetLocal): the SCA mean becomes a local box mean of
       `tlsc_size // 2**level` pixels at each level, so images larger than the training crops see the
       statistics they were trained on; 0 = global mean (official SIDD). Official GoPro/REDS: 384 (1.5 x
       the 256 crop), which equals the global mean on 256 crops, so it is safe in training too.
-    scan / remat: compile each stage's blocks once / recompute activations in the backward pass.
+    fusion, fusion_width, fusion_heads, fusion_scale, dtype, scan, remat: see `restorer.Restorer`; 'sft'
+      modulates after every encoder, middle and decoder stage, 'xattn' attends at the bottleneck.
   """
 
   channels: int = 3
@@ -104,13 +100,9 @@ class NAFNet(nn.Module):
   dw_expand: int = 2
   ffn_expand: int = 2
   tlsc_size: int = 0
-  fusion: str = "none"
-  fusion_width: int = 16
-  fusion_heads: int = 4
-  fusion_scale: int = 8
-  dtype: str = "float32"
-  scan: bool = True
-  remat: bool = False
+
+  def input_padding(self) -> tuple[int, str]:
+    return 2 ** len(self.enc_blocks), "constant"  # zeros, to a multiple of the deepest level's stride
 
   @nn.compact
   def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
@@ -122,11 +114,11 @@ class NAFNet(nn.Module):
           "must have the same length")
     dtype = jnp.dtype(self.dtype)
     b, h, w, _ = degraded.shape
-    mult = 2 ** len(self.enc_blocks)
+    mult, mode = self.input_padding()
     pad = ((0, 0), (0, -h % mult), (0, -w % mult), (0, 0))
-    inp = jnp.pad(degraded, pad)
-    x = jnp.pad(fz.concat(degraded), pad)
-    fz.encode(lambda p: jnp.pad(p, pad), len(self.enc_blocks))
+    inp = jnp.pad(degraded, pad, mode=mode)
+    x = jnp.pad(fz.concat(degraded), pad, mode=mode)
+    fz.encode(lambda p: jnp.pad(p, pad, mode=mode), len(self.enc_blocks))
 
     blocks = lambda n, x, name, level: stack.repeat(
         NAFBlock, n, x, name=name, scan=self.scan, remat=self.remat,

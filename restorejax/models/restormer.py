@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import convs, fusion, stack
+from restorejax.models import convs, fusion, restorer, stack
 from restorejax.models.torch_compat import TORCH_INIT, pad_to_multiple, pixel_shuffle, pixel_unshuffle
 
 _SIZES = dict(dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4, heads=(1, 2, 4, 8),
@@ -122,7 +122,7 @@ class TransformerBlock(nn.Module):
         layer_norm(self.layer_norm, self.dtype, "norm2")(x))
 
 
-class Restormer(nn.Module):
+class Restormer(restorer.FeatureFusionRestorer):
   """`model(degraded, prior=None, prior_mask=None) -> restored`; images NHWC in [0, 1], any spatial size.
 
   Attributes:
@@ -134,12 +134,9 @@ class Restormer(nn.Module):
     ffn_expansion_factor, bias: GDFN width factor; biases in every conv.
     layer_norm: 'WithBias' (deblurring, deraining) or 'BiasFree' (denoising).
     dual_pixel_task: output = conv(refined + skip_conv(level-1 input)), no global residual.
-    fusion: how a prior (`out_channels` channels) enters (restorejax.models.fusion): 'none', 'concat',
-      'sft' (after every encoder, latent and decoder level) or 'xattn' (at the latent level).
-    fusion_width, fusion_heads, fusion_scale: the prior encoder's base width, the cross-attention heads,
-      the cross-attention tokens' downsampling (the latent level's, 8, when coarser).
-    dtype: compute dtype; parameters and the output stay float32.
-    scan / remat: compile each level's blocks once / recompute activations in the backward pass.
+    fusion, fusion_width, fusion_heads, fusion_scale, dtype, scan, remat: see `restorer.Restorer`; the
+      prior has `out_channels` channels; 'sft' modulates after every encoder, latent and decoder level,
+      'xattn' attends at the latent level (1/8).
   """
 
   in_channels: int = 3
@@ -152,13 +149,9 @@ class Restormer(nn.Module):
   bias: bool = False
   layer_norm: str = "WithBias"
   dual_pixel_task: bool = False
-  fusion: str = "none"
-  fusion_width: int = 16
-  fusion_heads: int = 4
-  fusion_scale: int = 8
-  dtype: str = "float32"
-  scan: bool = True
-  remat: bool = False
+
+  def input_padding(self) -> tuple[int, str]:
+    return 8, "reflect"  # as the official test scripts pad: three 2x downsamplings
 
   @nn.compact
   def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
@@ -177,8 +170,10 @@ class Restormer(nn.Module):
     fz = fusion.Fusion.of(self, "Restormer", degraded, prior, prior_mask, channels=self.out_channels)
     dtype = jnp.dtype(self.dtype)
     _, h, w, _ = degraded.shape
-    x = pad_to_multiple(fz.concat(degraded.astype(jnp.float32)), 8, mode="reflect")
-    fz.encode(lambda p: pad_to_multiple(p, 8, mode="reflect"), 3)
+    multiple, mode = self.input_padding()
+    pad = lambda t: pad_to_multiple(t, multiple, mode=mode)
+    x = pad(fz.concat(degraded.astype(jnp.float32)))
+    fz.encode(pad, 3)
     inp = x[..., :self.in_channels]
 
     def blocks(n, x, level, name):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from restorejax.models import fusion, stack
+from restorejax.models import fusion, restorer, stack
 from restorejax.models.torch_compat import (
     TORCH_INIT, leaky_relu, pad_to_multiple, pixel_unshuffle, upsample_nearest)
 
@@ -60,7 +60,7 @@ class RRDB(nn.Module):
     return out * jnp.asarray(0.2, out.dtype) + x
 
 
-class RRDBNet(nn.Module):
+class RRDBNet(restorer.FeatureFusionRestorer):
   """`model(degraded, prior=None, prior_mask=None) -> restored`; NHWC in [0, 1]; the output is `scale`
   times larger.
 
@@ -68,11 +68,9 @@ class RRDBNet(nn.Module):
     in_channels, out_channels: image channels.
     scale: 4 (ESRGAN), 2 or 1 (input pixel-unshuffled by 2 or 4 first).
     num_feat, num_block, num_grow_ch: trunk width, RRDB count, dense growth channels.
-    fusion: how a prior (`out_channels` channels, on the input's grid) enters (restorejax.models.fusion):
-      'none', 'concat', 'sft' (at the trunk's input and output) or 'xattn' (at the trunk's input).
-    fusion_width, fusion_heads, fusion_scale: the prior encoder's width, the cross-attention heads, the
-      cross-attention tokens' downsampling (of the input; the trunk's when coarser).
-    dtype, scan, remat: compute dtype; scan over the RRDB trunk; rematerialise each RRDB.
+    fusion, fusion_width, fusion_heads, fusion_scale, dtype, scan, remat: see `restorer.Restorer`; the
+      prior has `out_channels` channels, on the input's grid; 'sft' modulates at the trunk's input and
+      output, 'xattn' attends at the trunk's input; `scan` scans the RRDB trunk, `remat` each RRDB.
   """
 
   in_channels: int = 3
@@ -81,13 +79,12 @@ class RRDBNet(nn.Module):
   num_feat: int = 64
   num_block: int = 23
   num_grow_ch: int = 32
-  fusion: str = "none"
-  fusion_width: int = 16
-  fusion_heads: int = 4
-  fusion_scale: int = 8
-  dtype: str = "float32"
-  scan: bool = True
-  remat: bool = False
+
+  # The default input_padding (1, 'constant') stays, as evaluation has always had it: the network
+  # reflect-pads to a multiple of 4 // scale itself before unshuffling (1 at scale 4).
+
+  def output_scale(self) -> int:
+    return int(self.scale)
 
   @nn.compact
   def __call__(self, degraded: jnp.ndarray, prior: Optional[jnp.ndarray] = None,
@@ -118,4 +115,5 @@ class RRDBNet(nn.Module):
     feat = leaky_relu(conv(self.num_feat, "conv_up1")(upsample_nearest(feat, 2)), 0.2)
     feat = leaky_relu(conv(self.num_feat, "conv_up2")(upsample_nearest(feat, 2)), 0.2)
     out = conv(self.out_channels, "conv_last")(leaky_relu(conv(self.num_feat, "conv_hr")(feat), 0.2))
-    return out.astype(jnp.float32)[:, :h * self.scale, :w * self.scale, :]
+    scale = self.output_scale()
+    return out.astype(jnp.float32)[:, :h * scale, :w * scale, :]

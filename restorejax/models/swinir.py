@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from restorejax.models import fusion, stack
+from restorejax.models import fusion, restorer, stack
 from restorejax.models.torch_compat import (
     TORCH_INIT, TRUNC_NORMAL_02, check_power_of_two_or_three, leaky_relu, pad_to_multiple, pixel_shuffle,
     upsample_nearest)
@@ -199,7 +199,7 @@ class RSTB(nn.Module):
     return residual_convs(y, self.resi_connection, self.dtype, "conv") + x
 
 
-class SwinIR(nn.Module):
+class SwinIR(restorer.FeatureFusionRestorer):
   """`model(degraded, prior=None, prior_mask=None) -> restored`; NHWC in [0, 1]; SR output is `upscale`
   times larger.
 
@@ -212,11 +212,9 @@ class SwinIR(nn.Module):
       must be even (blocks come in regular/shifted pairs, as in every official model).
     patch_norm: LayerNorm after the patch embedding.
     resi_connection: '1conv' or '3conv'.
-    fusion: how a prior enters (restorejax.models.fusion; the prior is mean-shifted like the input, on
-      the input's grid): 'none', 'concat', 'sft' (after every RSTB) or 'xattn' (at the body's input).
-    fusion_width, fusion_heads, fusion_scale: the prior encoder's width, the cross-attention heads, the
-      cross-attention tokens' downsampling.
-    dtype, scan, remat: compute dtype; scan over each RSTB's block pairs; rematerialise them.
+    fusion, fusion_width, fusion_heads, fusion_scale, dtype, scan, remat: see `restorer.Restorer`; the
+      prior is mean-shifted like the input, on the input's grid; 'sft' modulates after every RSTB, 'xattn'
+      attends at the body's input; `scan` scans each RSTB's block pairs and `remat` rematerialises them.
   """
 
   channels: int = 3
@@ -232,13 +230,12 @@ class SwinIR(nn.Module):
   qk_scale: Optional[float] = None
   patch_norm: bool = True
   resi_connection: str = "1conv"
-  fusion: str = "none"
-  fusion_width: int = 16
-  fusion_heads: int = 4
-  fusion_scale: int = 8
-  dtype: str = "float32"
-  scan: bool = True
-  remat: bool = False
+
+  def input_padding(self) -> tuple[int, str]:
+    return int(self.window_size), "reflect"  # whole windows, as the official model pads
+
+  def output_scale(self) -> int:
+    return int(self.upscale)
 
   def _check(self, degraded):
     if self.upsampler not in UPSAMPLERS:
@@ -273,7 +270,8 @@ class SwinIR(nn.Module):
 
     fz = fusion.Fusion.of(self, "SwinIR", degraded, prior, prior_mask, channels=self.channels,
                           normalize=normalize)
-    pad = lambda t: pad_to_multiple(t, self.window_size, mode="reflect")
+    multiple, mode = self.input_padding()
+    pad = lambda t: pad_to_multiple(t, multiple, mode=mode)
     x = pad(fz.concat(normalize(degraded.astype(jnp.float32))))
     fz.encode(pad, 0)
     inp = x[..., :self.channels]
@@ -310,4 +308,5 @@ class SwinIR(nn.Module):
       out = inp + conv(self.channels, 3, "conv_last")(y).astype(jnp.float32)
 
     out = out / self.img_range + mean
-    return out[:, :h * self.upscale, :w * self.upscale, :]
+    scale = self.output_scale()
+    return out[:, :h * scale, :w * scale, :]

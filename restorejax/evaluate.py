@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from restorejax import cli
-from restorejax.evaluation import datasets, evaluator, restorer
+from restorejax.evaluation import datasets, evaluator, trained_restorer
 
 FLAGS = flags.FLAGS
 
@@ -125,10 +125,10 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
   """
   start = time.time()
   datasets.parse(dataset)  # a misspelt spec fails before the checkpoint is read
-  run = restorer.load(workdir)
+  run = trained_restorer.load(workdir)
   crop_border = (run.scale if run.scale > 1 else 0) if crop_border is None else crop_border
   test_y_channel = run.scale > 1 if test_y_channel is None else test_y_channel
-  m, batch_sh = restorer.mesh_and_sharding(run.config)
+  m, batch_sh = trained_restorer.mesh_and_sharding(run.config)
   shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
   if batch_size:
     if batch_size % shards:
@@ -143,7 +143,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
       pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas,
       cache=False, scale=run.scale, perceptual=True,
       save_dir=os.path.join(out_dir, name) if save_outputs else None)
-  result = ev(restorer.place_params(run.params, run.config, m))
+  result = ev(trained_restorer.place_params(run.params, run.config, m))
   logging.info("Process %d loaded %d of the %d images.", jax.process_index(), ev.decoded, len(examples))
   report = {
       "workdir": os.path.abspath(workdir), "dataset": dataset, "folders": folders_of(dataset), "name": name,

@@ -28,7 +28,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from restorejax import cli
-from restorejax.evaluation import evaluator, gir, gir_suite, restorer
+from restorejax.evaluation import evaluator, gir, gir_suite, trained_restorer
 
 FLAGS = flags.FLAGS
 METRICS = ("psnr", "ssim")  # scored against lines; input scores are kept in the scores files only
@@ -55,13 +55,13 @@ def define_flags() -> None:
 def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_channel: bool = False,
               batch_size: int = 0) -> dict[str, dict[str, float]]:
   """Per-task scores of the run in `workdir` on a built suite (all devices, all processes)."""
-  run = restorer.load(workdir)
-  m, batch_sh = restorer.mesh_and_sharding(run.config)
+  run = trained_restorer.load(workdir)
+  m, batch_sh = trained_restorer.mesh_and_sharding(run.config)
   shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
   if batch_size and batch_size % shards:
     raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
   batch_size = batch_size or -(-run.config.eval.batch_size // shards) * shards
-  return gir_suite.score(run.apply, restorer.place_params(run.params, run.config, m), m, batch_sh,
+  return gir_suite.score(run.apply, trained_restorer.place_params(run.params, run.config, m), m, batch_sh,
                          suite_dir, batch_size=batch_size, multiple=run.multiple, pad_mode=run.pad_mode,
                          crop_border=crop_border,
                          test_y_channel=test_y_channel)

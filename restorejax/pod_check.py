@@ -36,7 +36,6 @@ import numpy as np
 from absl import app, flags
 
 from restorejax import checkpoint, cli, losses, models, optim, sharding, tasks, train
-from restorejax.convert import adm as convert_adm
 from restorejax.data import pipeline
 from restorejax.losses import diffloss
 from restorejax.models import adm_unet
@@ -116,7 +115,7 @@ def _total_bytes(tree: Any) -> int:
 def shapes_only_aux():
   """Frozen `aux` networks as shapes: the loss terms' builders swapped for ones that load no weights."""
   builders = {"diffloss": lambda prior="", **_: {
-      "params": convert_adm.param_shapes(diffloss.read_prior(prior).model())}}
+      "params": adm_unet.param_shapes(diffloss.read_prior(prior).model())}}
   saved = dict(losses.AUX_BUILDERS)
   losses.AUX_BUILDERS.update(builders)
   try:

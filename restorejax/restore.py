@@ -50,7 +50,7 @@ from absl import app, flags, logging
 
 from restorejax import cli
 from restorejax.data import images
-from restorejax.evaluation import datasets, restorer, tiling
+from restorejax.evaluation import datasets, tiling, trained_restorer
 from restorejax.tasks import sr3_cascade
 
 FLAGS = flags.FLAGS
@@ -97,7 +97,7 @@ class Restore:
                        "overlap >= 0, tile_batch >= 1")
     if overlap >= tile:
       raise ValueError(f"--overlap={overlap} must be smaller than --tile={tile}")
-    run = restorer.load(workdir)
+    run = trained_restorer.load(workdir)
     self.multiple, self.scale = run.multiple, run.scale
     self.takes_prior = run.config.model.get("fusion", "none") not in ("none", None)
     self.shapes: set[tuple[int, ...]] = set()  # tile batch shapes run so far: one compile each

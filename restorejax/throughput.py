@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import jax
 
+from restorejax.models import restorer
+
 # Dense bf16 peak FLOP/s per device (chip), from the vendors' data sheets.
 PEAK_FLOPS = {
     "TPU v4": 275e12,
@@ -47,7 +49,7 @@ def _flops(cost) -> float:
 
 def scans(task: Any) -> bool:
   """Whether the task's network scans its repeated blocks (a loop XLA's cost analysis counts once)."""
-  return bool(getattr(task.model, "scan", False))
+  return isinstance(task.model, restorer.Restorer) and task.model.scan
 
 
 def unrolled(task: Any) -> Any:

@@ -1,6 +1,6 @@
 """The house: each layer imports only the layers below it (read off the import graph, without importing).
 
-    commands      main, evaluate, restore, gir, sweep, bench, ... (`python -m` entry points)
+    commands      main, evaluate, restore, gir_report, sweep, bench, ... (`python -m` entry points)
     cli           what every command shares
     trainer       train, throughput
     tasks         what is trained: network + loss + its evaluator
@@ -29,7 +29,7 @@ RANKS = {"base": 0, "models": 1, "diffusion": 1, "data": 1, "bench_torch": 1, "r
          "evaluation": 2, "losses": 2, "convert": 2, "tasks": 3, "train": 4, "throughput": 4, "cli": 5,
          "commands": 6}
 BASE = ("sharding", "checkpoint", "optim", "distributed", "allocator")
-COMMANDS = ("main", "evaluate", "restore", "sweep", "bench", "bench_gpu", "cascade", "pod_check", "gir",
+COMMANDS = ("main", "evaluate", "restore", "sweep", "bench", "bench_gpu", "cascade", "pod_check", "gir_report",
             "make_priors", "convert.__main__")
 
 

@@ -39,7 +39,7 @@ def prior(tmp_path_factory):
   cfg = adm_unet.default_config("tiny")
   cfg.update(model_channels=8, norm_groups=4, num_head_channels=8, channel_mult=(1,), attention_resolutions=())
   rng = np.random.default_rng(0)
-  shapes = convert_adm.param_shapes(adm_unet.build(cfg))
+  shapes = adm_unet.param_shapes(adm_unet.build(cfg))
   params = jax.tree_util.tree_map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
   path = str(tmp_path_factory.mktemp("prior"))
   convert_adm.export_prior(path, params, cfg)

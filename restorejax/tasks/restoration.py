@@ -26,7 +26,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
 from restorejax import losses, models
-from restorejax.evaluation import datasets, evaluator, restorer
+from restorejax.evaluation import datasets, evaluator
 from restorejax.tasks import protocol
 
 
@@ -39,7 +39,7 @@ class Restoration:
     self.loss_fn = losses.build(config.losses)
     self.aux = self.loss_fn.aux
     self.scale = int(config.data.get("scale", 1))
-    net_scale = restorer.output_scale(config.model)
+    net_scale = self.model.output_scale()
     if net_scale != self.scale:
       raise ValueError(f"config.data.scale={self.scale} but the network {config.model.name!r} upsamples by "
                        f"{net_scale}; set them equal (e.g. --config.data.scale={net_scale})")
@@ -61,7 +61,7 @@ def held_out_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh
                        batch_sharding: NamedSharding) -> protocol.Evaluator:
   """Full held-out images restored by `model` and scored with BasicSR's metrics (the module docstring)."""
   cfg = config.eval
-  multiple, pad_mode = restorer.input_padding(config.model)
+  multiple, pad_mode = model.input_padding()
   scale = config.data.get("scale", 1)
   examples = datasets.build(cfg.get("dataset", "default") or "default", config, scale=scale)
   ev = evaluator.Evaluator(

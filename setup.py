@@ -52,6 +52,7 @@ setuptools.setup(
             "restorejax-bench=restorejax.bench:run",
             "restorejax-evaluate=restorejax.evaluate:run",
             "restorejax-restore=restorejax.restore:run",
+            "restorejax-make-priors=restorejax.make_priors:run",
             "restorejax-gir=restorejax.evaluation.gir_run:run",
             "restorejax-pod-check=restorejax.pod_check:run",
         ],

@@ -13,6 +13,9 @@ checkpoints, logging. A task object has:
 
 Tasks: 'restoration' (`model(degraded, prior) -> restored`, weighted loss terms; the default) and
 'diffusion' (an unconditional DDPM on the targets: the prior DiffLoss loads), imported lazily.
+
+`prior_generator` is no task: it turns a trained 'diffusion' or 'sr3' run into a generator of priors from
+degraded images (SDEdit / conditional sampling, then the GPT-4o-like changes of `data.priors`).
 """
 
 import importlib

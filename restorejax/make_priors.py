@@ -21,12 +21,15 @@ pairs degraded, target and prior by stem: generated priors and priors a user bri
 the same path into training (`configs/triples.py:DATA`). Image i's key is `fold_in(PRNGKey(seed),
 crc32(stem))`: the same seed gives the same prior for a file whatever else the folder holds.
 
+Images are processed one at a time, each compiled once per distinct size (a folder of one size compiles
+once); the network runs on all tiles of an image in one batch.
+
 Outputs never overwrite inputs: `--out` may not be the `--degraded` folder or the run directory; each
 prior is written to a temporary file renamed into place (`images.replace_png`), so an interrupted command
 leaves no half-written PNG, and a rerun replaces the priors of an earlier one. A file that cannot be read
 is reported (`restorejax-make-priors: error: <file>: <reason>`) and skipped, the others are still
-written, and the exit status is 1. A user mistake (a missing or empty folder, a bad flag, a run directory
-that is not a diffusion or sr3 run) ends with one line and exit status 2.
+written, and the exit status is 1. A user mistake (a missing or empty folder, a bad flag or sampling
+option, a run directory that is not a diffusion or sr3 run) ends with one line and exit status 2.
 """
 
 import os

@@ -54,15 +54,16 @@ def _resize(x: jnp.ndarray, hw: tuple[int, int], scale: Optional[float] = None) 
 def generate(model: Any, params: Any, degraded: jnp.ndarray, key: jax.Array, *, kind: str,
              schedule: schedules.Schedule, strength: float, sampler: str = "ddim", eta: float = 0.0,
              scale: int = 1, multiple: int = 1, downscale: int = 1, tile: int = 0, overlap: int = 0,
-             augmented: bool = False) -> jnp.ndarray:
+             augmented: bool = False, variance: str = "fixed_small") -> jnp.ndarray:
   """A diffusion model's rewrite of `degraded` (NHWC in [0, 1]) -> (B, h * scale, w * scale, 3) in [0, 1].
 
   `kind` 'diffusion': SDEdit with the unconditional network `model`; 'sr3': conditioned on `degraded`
   (bicubic-upsampled by `scale`). `schedule` is the full sampling chain, `strength` the fraction of it
   run; `multiple` the UNet's side multiple; `downscale` (diffusion only) the factor the image is reduced
   by before and enlarged by after; `tile` > 0 runs the network on tiles of that side (blended at every
-  step), `augmented` feeds an SR3 network trained with conditioning augmentation its level-0 plane.
-  Deterministic given `key`.
+  step), `augmented` feeds an SR3 network trained with conditioning augmentation its level-0 plane,
+  `variance` is DDPM's (`samplers.VARIANCES`; 'learned_range' for a learned-sigma network). Deterministic
+  given `key`.
   """
   if kind not in KINDS:
     raise ValueError(f"prior generator: unknown kind {kind!r} (known: {', '.join(KINDS)})")
@@ -84,7 +85,7 @@ def generate(model: Any, params: Any, degraded: jnp.ndarray, key: jax.Array, *, 
   if tile and (tile < hw[0] or tile < hw[1]):
     net = tiled.tiled_eps_fn(net, hw, tile, overlap)
   out = sdedit.sdedit(lambda x_t, t: net(x_t, t, cond), key, start, schedule, strength=strength,
-                      sampler=sampler, eta=eta)
+                      sampler=sampler, eta=eta, variance=variance)
   if f > 1:
     out = jnp.clip(_resize(out, (ph, pw)), 0.0, 1.0)
   return out[:, :h * scale, :w * scale]
@@ -118,26 +119,32 @@ class Generator:
             f"{s['tile'] or 'none'}, downscale {s['downscale']}, scale {s['scale']}")
 
 
+class OptionError(ValueError):
+  """A sampling option `load` was given does not suit the run; the message names the option."""
+
+
 def _check_sampling(steps: int, train_steps: int, sampler: str, strength: float, tile: int, overlap: int,
                     multiple: int, downscale: int) -> None:
+  if not 0.0 < strength <= 1.0:
+    raise OptionError(f"strength={strength}: need a value in (0, 1]")
   if not 1 <= steps <= train_steps:
-    raise ValueError(f"sample steps: need 1..{train_steps} (the run's training schedule), got {steps}")
+    raise OptionError(f"sample_steps={steps}: need 1..{train_steps} (the run's training schedule)")
   if sampler not in sdedit.SAMPLERS:
-    raise ValueError(f"sampler: unknown {sampler!r} (known: {', '.join(sdedit.SAMPLERS)})")
-  sdedit.steps_run(steps, strength)  # strength in (0, 1]
+    raise OptionError(f"sampler={sampler}: unknown (known: {', '.join(sdedit.SAMPLERS)})")
   if tile < 0 or tile % multiple:
-    raise ValueError(f"tile={tile}: need 0 (whole image) or a positive multiple of the UNet's {multiple}")
+    raise OptionError(f"tile={tile}: need 0 (whole image) or a positive multiple of the UNet's {multiple}")
   if tile and not 0 <= overlap < tile:
-    raise ValueError(f"overlap={overlap}: need 0 <= overlap < tile={tile}")
+    raise OptionError(f"overlap={overlap}: need 0 <= overlap < tile={tile}")
   if downscale < 1:
-    raise ValueError(f"downscale={downscale}: need a positive integer")
+    raise OptionError(f"downscale={downscale}: need a positive integer")
 
 
 def load(path: str, *, strength: Optional[float] = None, sample_steps: Optional[int] = None,
          sampler: Optional[str] = None, eta: Optional[float] = None, tile: Optional[int] = None,
          overlap: Optional[int] = None, downscale: Optional[int] = None) -> Generator:
   """The generator of a 'diffusion' or 'sr3' run directory (EMA parameters of its latest checkpoint, or
-  params/); options left None take the run's own values (module doc). A ValueError starts with `path`."""
+  params/); options left None take the run's own values (module doc). An unusable option is an
+  `OptionError` naming it; any other ValueError (not a run, parameters that do not fit) starts with `path`."""
   try:
     config = checkpoint.read_config(path)
     kind = config.get("task", "restoration")
@@ -161,13 +168,14 @@ def load(path: str, *, strength: Optional[float] = None, sample_steps: Optional[
                                    schedules.space_timesteps(d.num_steps, str(steps)))
       settings = dict(kind=kind, schedule=schedule, strength=float(strength), sampler=sampler,
                       eta=float(d.sample_eta if eta is None else eta), scale=1, multiple=multiple,
-                      downscale=f, tile=tile, overlap=tile // 4 if overlap is None else overlap, augmented=False)
+                      downscale=f, tile=tile, overlap=tile // 4 if overlap is None else overlap, augmented=False,
+                      variance="learned_range" if model.out_channels == 2 * model.in_channels else "fixed_small")
     elif kind == "sr3":
       task = sr3.SR3(config)
       model = task.model
       b = config.sr3
       if downscale not in (None, 0, 1):
-        raise ValueError(f"downscale={downscale}: an sr3 run is conditioned on the image as it is")
+        raise OptionError(f"downscale={downscale}: an sr3 run is conditioned on the image as it is")
       steps = sample_steps or b.sample_steps
       sampler = sampler or b.sampler
       strength = 1.0 if strength is None else strength
@@ -183,6 +191,8 @@ def load(path: str, *, strength: Optional[float] = None, sample_steps: Optional[
                        "'sr3' run (conditional diffusion on the degraded image)")
     like = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
     params = checkpoint.fit(checkpoint.load_params(path), like, "its parameters")
+  except OptionError:
+    raise
   except ValueError as e:
     message = str(e)
     raise ValueError(message if message.startswith(path) else f"{path}: {message}") from None

@@ -1,6 +1,6 @@
 """Command line: write a folder of generated priors for a folder of degraded images (no target needed).
 
-    restorejax-make-priors --degraded=DIR --run=RUN_DIR --out=PRIOR_DIR [--strength=0.5] [--steps=N]
+    restorejax-make-priors --degraded=DIR --run=RUN_DIR --out=PRIOR_DIR [--strength=0.5] [--sample_steps=N]
         [--sampler=ddim|ddpm] [--eta=0] [--tile=N] [--overlap=N] [--downscale=N] [--severity=0.2:0.6]
         [--seed=0]
 
@@ -111,7 +111,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("out", None, "Output folder (created); each input becomes <stem>.png there.")
   flags.DEFINE_float("strength", None, "Fraction of the sampling chain run, (0, 1] (default: 0.5 diffusion, "
                      "1 sr3).")
-  flags.DEFINE_integer("steps", None, "Steps of the whole sampling chain (default: the run's sample_steps).")
+  flags.DEFINE_integer("sample_steps", None, "Steps of the whole sampling chain (default: the run's "
+                       "sample_steps).")
   flags.DEFINE_enum("sampler", None, ["ddim", "ddpm"], "Sampler (default: ddim; an sr3 run's own).")
   flags.DEFINE_float("eta", None, "DDIM eta (default: the run's).")
   flags.DEFINE_integer("tile", None, "Tile side the network sees, 0 = whole image (default: a diffusion "
@@ -146,7 +147,7 @@ def main(argv: list[str]) -> None:
     severity = parse_severity(FLAGS.severity)
     check_out(FLAGS.out, FLAGS.degraded, FLAGS.run)
     files = images.files_in([FLAGS.degraded])
-    generator = prior_generator.load(FLAGS.run, strength=FLAGS.strength, sample_steps=FLAGS.steps,
+    generator = prior_generator.load(FLAGS.run, strength=FLAGS.strength, sample_steps=FLAGS.sample_steps,
                                      sampler=FLAGS.sampler, eta=FLAGS.eta, tile=FLAGS.tile,
                                      overlap=FLAGS.overlap, downscale=FLAGS.downscale)
   except ValueError as e:

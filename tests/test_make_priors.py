@@ -201,7 +201,7 @@ def _cli(*args):
 def test_command_line_writes_priors_and_fails_in_one_line(setup, tmp_path):
   run, degraded, _, gen = setup
   out = tmp_path / "priors"
-  proc = _cli(f"--degraded={degraded}", f"--run={run}", f"--out={out}", f"--steps={STEPS}", "--seed=2")
+  proc = _cli(f"--degraded={degraded}", f"--run={run}", f"--out={out}", f"--sample_steps={STEPS}", "--seed=2")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(os.listdir(out)) == ["im0.png", "im1.png", "im2.png"]
   # the same seed in this process gives the same bytes

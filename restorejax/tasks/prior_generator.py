@@ -157,18 +157,18 @@ def load(path: str, *, strength: Optional[float] = None, sample_steps: Optional[
       d = config.diffusion
       learned = config.get("data", {}).get("patch_size", task.size) / task.size
       f = downscale or max(1, round(learned))
-      steps = sample_steps or d.sample_steps
+      steps = d.sample_steps if sample_steps is None else sample_steps
       sampler = sampler or "ddim"
       strength = 0.5 if strength is None else strength
       tile = task.size if tile is None else tile
+      overlap = tile // 4 if overlap is None else overlap
       multiple = 2 ** (len(model.channel_mult) - 1)
-      _check_sampling(steps, d.num_steps, sampler, strength, tile, tile // 4 if overlap is None else overlap,
-                      multiple, f)
+      _check_sampling(steps, d.num_steps, sampler, strength, tile, overlap, multiple, f)
       schedule = schedules.respace(schedules.beta_schedule(d.schedule, d.num_steps),
                                    schedules.space_timesteps(d.num_steps, str(steps)))
       settings = dict(kind=kind, schedule=schedule, strength=float(strength), sampler=sampler,
                       eta=float(d.sample_eta if eta is None else eta), scale=1, multiple=multiple,
-                      downscale=f, tile=tile, overlap=tile // 4 if overlap is None else overlap, augmented=False,
+                      downscale=f, tile=tile, overlap=overlap, augmented=False,
                       variance="learned_range" if model.out_channels == 2 * model.in_channels else "fixed_small")
     elif kind == "sr3":
       task = sr3.SR3(config)
@@ -176,7 +176,7 @@ def load(path: str, *, strength: Optional[float] = None, sample_steps: Optional[
       b = config.sr3
       if downscale not in (None, 0, 1):
         raise OptionError(f"downscale={downscale}: an sr3 run is conditioned on the image as it is")
-      steps = sample_steps or b.sample_steps
+      steps = b.sample_steps if sample_steps is None else sample_steps
       sampler = sampler or b.sampler
       strength = 1.0 if strength is None else strength
       tile = b.tile if tile is None else tile

@@ -9,6 +9,7 @@ directory the way the converter writes one; sampling runs 2 of 4 DDIM steps on 3
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -145,6 +146,21 @@ def test_severity_zero_is_the_rewrite_and_severity_changes_it(setup):
   rewrite = gen(x, jax.random.split(key)[0])
   np.testing.assert_allclose(prior_generator.generated_prior(gen, x, key, 0.0), rewrite, atol=2e-3)
   assert np.abs(prior_generator.generated_prior(gen, x, key, 0.6) - rewrite).mean() > 0.02
+
+
+def test_a_prior_trained_on_downsized_patches_sees_images_at_its_scale(setup, tmp_path):
+  """A run that learned 64-pixel patches at 32x32 (configs/diffusion_prior.py) works at half size."""
+  run, degraded, _, _ = setup
+  shutil.copytree(run, tmp_path / "run")
+  with open(tmp_path / "run" / "config.json") as f:
+    config = json.load(f)
+  config["data"] = {"patch_size": 64}
+  with open(tmp_path / "run" / "config.json", "w") as f:
+    json.dump(config, f)
+  gen = prior_generator.load(str(tmp_path / "run"), sample_steps=STEPS)
+  assert gen.settings["downscale"] == 2
+  x = _read(_files(degraded)[0]).astype(np.float32) / 255.0
+  assert gen(x, jax.random.PRNGKey(0)).shape == (H, W, 3)
 
 
 def test_a_bad_file_is_reported_and_the_others_are_written(setup, tmp_path, capsys):

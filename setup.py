@@ -53,6 +53,7 @@ setuptools.setup(
             "restorejax-evaluate=restorejax.evaluate:run",
             "restorejax-restore=restorejax.restore:run",
             "restorejax-gir=restorejax.gir_report:run",
+            "restorejax-make-priors=restorejax.make_priors:run",
             "restorejax-pod-check=restorejax.pod_check:run",
             "restorejax-cascade=restorejax.cascade:run",
         ],

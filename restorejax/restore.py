@@ -207,15 +207,8 @@ def _target(out_dir: str, path: str) -> str:
 
 
 def _write(target: str, pixels: np.ndarray) -> None:
-  """`images.write_png` to a temporary file renamed over `target` (a link there is replaced, not followed)."""
-  tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
-  try:
-    images.write_png(tmp, pixels)
-    os.replace(tmp, target)
-  except OSError as e:
-    if os.path.lexists(tmp):
-      os.remove(tmp)
-    raise images.ImageError(target, f"cannot be written ({e.strerror or e})") from None
+  """`images.replace_png`: a temporary file renamed over `target` (a link there is replaced, not followed)."""
+  images.replace_png(target, pixels)
 
 
 def restore_files(workdir: str, inputs: list[str], out_dir: str, *, prior: Optional[str] = None,

@@ -62,6 +62,22 @@ def tiny_config(**updates):
   return config
 
 
+def randomize_params(shapes, seed):
+  """Host float32 parameters of the tree of shapes `shapes`, every one random: kernels scaled by fan-in,
+  scales near 1, biases near 0 (a freshly initialised ADM's zero output layer would predict nothing)."""
+  # Imported here: this module sets JAX's environment (cache, platform) before jax is first imported.
+  import flax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  out = {}
+  for path, s in flax.traverse_util.flatten_dict(shapes).items():
+    if path[-1] == "kernel":
+      out[path] = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+    else:
+      out[path] = (1.0 if path[-1] == "scale" else 0.0) + 0.1 * rng.standard_normal(s.shape)
+  return flax.traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in out.items()})
+
+
 @pytest.fixture(scope="session")
 def root():
   return ROOT

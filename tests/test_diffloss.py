@@ -23,21 +23,9 @@ from restorejax import checkpoint, losses, optim, tasks, train
 from restorejax.convert import adm as convert_adm
 from restorejax.losses import diffloss
 from restorejax.models import adm_unet
-from conftest import tiny_config
+from conftest import randomize_params as _randomize, tiny_config
 
 KEYS_FILE = os.path.join(os.path.dirname(__file__), "data", "adm_official_keys.json")
-
-
-def _randomize(shapes, seed):
-  rng = np.random.default_rng(seed)
-  flat = flax.traverse_util.flatten_dict(shapes)
-  out = {}
-  for path, s in flat.items():
-    if path[-1] == "kernel":
-      out[path] = rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-    else:
-      out[path] = (1.0 if path[-1] == "scale" else 0.0) + 0.1 * rng.standard_normal(s.shape)
-  return flax.traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in out.items()})
 
 
 @pytest.fixture(scope="module")

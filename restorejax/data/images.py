@@ -6,8 +6,9 @@ the orientation is applied once), and raises `ImageError` naming the file and th
 truncated, not an image, unsupported mode, animated or multi-page, more than `MAX_PIXELS` pixels: a
 decompression bomb, e.g. a few hundred bytes claiming 30000x30000).
 `to_rgb8` converts for training and says what it changed; `write_png` writes deterministic PNGs
-(same pixels -> same bytes) in 8 or 16 bits. 16-bit colour PNGs, which Pillow reduces to 8 bits, are
-decoded and encoded with TensorFlow's PNG codec (outside any training hot path).
+(same pixels -> same bytes) in 8 or 16 bits, `replace_png` the same atomically (the commands' outputs).
+16-bit colour PNGs, which Pillow reduces to 8 bits, are decoded and encoded with TensorFlow's PNG codec
+(outside any training hot path).
 """
 
 import dataclasses
@@ -184,3 +185,17 @@ def write_png(path: str, pixels: np.ndarray) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "wb") as f:
     f.write(encode_png(pixels))
+
+
+def replace_png(target: str, pixels: np.ndarray) -> None:
+  """`write_png` to a temporary file in `target`'s folder renamed over `target`: an interrupted write
+  leaves no half-written PNG, and a link already at `target` is replaced, never written through.
+  ImageError (naming `target`) when it cannot be written."""
+  tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
+  try:
+    write_png(tmp, pixels)
+    os.replace(tmp, target)
+  except OSError as e:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    raise ImageError(target, f"cannot be written ({e.strerror or e})") from None

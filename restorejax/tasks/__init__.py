@@ -7,6 +7,9 @@ mesh, data, optimizer, state, checkpoints, logging.
 Tasks: 'restoration' (`model(degraded, prior) -> restored`, weighted loss terms; the default),
 'diffusion' (an unconditional DDPM on the targets: the prior DiffLoss loads) and 'sr3' (super-resolution
 by conditional diffusion).
+
+`prior_generator` is no task: it turns a trained 'diffusion' or 'sr3' run into a generator of priors from
+degraded images (SDEdit / conditional sampling, then the GPT-4o-like changes of `data.priors`).
 """
 
 import ml_collections

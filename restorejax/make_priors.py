@@ -39,19 +39,14 @@ from typing import Optional
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from restorejax import cli
 from restorejax.data import images
 from restorejax.tasks import prior_generator
 
 FLAGS = flags.FLAGS
 PROG = "restorejax-make-priors"
-
-
-def fail(message: str) -> None:
-  """One line on stderr, exit status 2 (a user mistake)."""
-  print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 def parse_severity(text: str) -> tuple[float, float]:
@@ -105,7 +100,13 @@ def make_priors(generator: prior_generator.Generator, files: list[str], out_dir:
   return failures
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
+  """The command's flags: the compilation cache and its own."""
+  with cli.command_flags(compilation_cache=True):
+    _own_flags()
+
+
+def _own_flags() -> None:
   flags.DEFINE_string("degraded", None, "Folder of degraded images (the image files directly in it).")
   flags.DEFINE_string("run", None, "Run directory of a 'diffusion' (SDEdit) or 'sr3' run.")
   flags.DEFINE_string("out", None, "Output folder (created); each input becomes <stem>.png there.")
@@ -124,25 +125,17 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the noise and the changes.")
 
 
-def _parse(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    fail(f"unexpected argument(s) {' '.join(argv[1:])}: the images are the folder given by --degraded")
+    cli.fail(f"unexpected argument(s) {' '.join(argv[1:])}: the images are the folder given by --degraded")
   for name, what in (("degraded", "the folder of degraded images"), ("run", "a diffusion or sr3 run "
                      "directory"), ("out", "the folder to write priors to")):
-    if not FLAGS[name].value:
-      fail(f"--{name} is required ({what})")
+    cli.require(name, what)
   if not os.path.isdir(FLAGS.degraded):
-    fail(f"--degraded={FLAGS.degraded}: no such folder")
+    cli.fail(f"--degraded={FLAGS.degraded}: no such folder")
   if not os.path.isdir(FLAGS.run):
-    fail(f"--run={FLAGS.run}: no such run directory")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every read at INFO
+    cli.fail(f"--run={FLAGS.run}: no such run directory")
+  cli.start()
   try:
     severity = parse_severity(FLAGS.severity)
     check_out(FLAGS.out, FLAGS.degraded, FLAGS.run)
@@ -151,7 +144,7 @@ def main(argv: list[str]) -> None:
                                      sampler=FLAGS.sampler, eta=FLAGS.eta, tile=FLAGS.tile,
                                      overlap=FLAGS.overlap, downscale=FLAGS.downscale)
   except ValueError as e:
-    fail(str(e))
+    cli.fail(str(e))
   print(generator.describe(), flush=True)
   failures = make_priors(generator, files, FLAGS.out, seed=FLAGS.seed, severity=severity)
   if failures:
@@ -161,8 +154,8 @@ def main(argv: list[str]) -> None:
 
 def run(argv: Optional[list[str]] = None) -> None:
   """Console entry point `restorejax-make-priors`."""
-  _define_flags()
-  app.run(main, argv=argv, flags_parser=_parse)
+  define_flags()
+  app.run(main, argv=argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ ours is faster). The PyTorch side gets ready-made float batches; ours also synth
 the device, as training does. Needs torch (the `convert` extra).
 `data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
 (images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
-restorejax/data/bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to
+restorejax/data/pipeline_bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to
 compile here).
 `convs`: forward+backward time of Flax's 1x1 and depthwise `nn.Conv` against `restorejax.models.convs`
 at the config's batch, patch and 2x width (why the networks use the latter).
@@ -42,7 +42,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from restorejax import allocator, cli, optim, sharding, tasks, throughput, train
-from restorejax.data import bench as data_bench
+from restorejax.data import pipeline_bench
 from restorejax.data import pipeline
 from restorejax.models import convs
 
@@ -273,7 +273,7 @@ def bench_convs() -> dict:
 def bench_data() -> dict:
   # Compiled first: compiling would load the cores while the host is timed.
   step = StepBench(FLAGS.config) if FLAGS.step_alongside else None
-  return data_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, step=step)
+  return pipeline_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, step=step)
 
 
 COMMANDS = {"step": bench_step, "data": bench_data, "convs": bench_convs}

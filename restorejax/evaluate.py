@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from restorejax import cli
-from restorejax.evaluation import datasets, evaluator, trained_restorer
+from restorejax.evaluation import datasets, scoring, trained_restorer
 
 FLAGS = flags.FLAGS
 
@@ -129,7 +129,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
   crop_border = (run.scale if run.scale > 1 else 0) if crop_border is None else crop_border
   test_y_channel = run.scale > 1 if test_y_channel is None else test_y_channel
   m, batch_sh = trained_restorer.mesh_and_sharding(run.config)
-  shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
+  shards = scoring._num_shards(batch_sh)  # pylint: disable=protected-access
   if batch_size:
     if batch_size % shards:
       raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
@@ -138,7 +138,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
   out_dir = os.path.join(workdir, "eval")
   name = name or unclaimed_name(out_dir, output_name(dataset, crop_border, test_y_channel), dataset)
   examples = datasets.build(dataset, run.config, scale=run.scale)
-  ev = evaluator.Evaluator(
+  ev = scoring.Evaluator(
       run.apply, m, batch_sh, examples, batch_size=batch_size, multiple=run.multiple,
       pad_mode=run.pad_mode, crop_border=crop_border, test_y_channel=test_y_channel, canvas=canvas,
       cache=False, scale=run.scale, perceptual=True,
@@ -148,7 +148,7 @@ def evaluate_run(workdir: str, dataset: str = "default", *, crop_border: Optiona
   report = {
       "workdir": os.path.abspath(workdir), "dataset": dataset, "folders": folders_of(dataset), "name": name,
       "num_images": len(result.per_image),
-      **evaluator.conventions(crop_border, test_y_channel, run.scale),
+      **scoring.conventions(crop_border, test_y_channel, run.scale),
       "canvas": canvas, "canvases": [list(c) for c in ev.canvases], "batch_size": batch_size,
       "devices": jax.device_count(), "processes": jax.process_count(),
       "wall_time_s": time.time() - start,

@@ -28,7 +28,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from restorejax import cli
-from restorejax.evaluation import evaluator, gir, gir_suite, trained_restorer
+from restorejax.evaluation import scoring, gir, gir_suite, trained_restorer
 
 FLAGS = flags.FLAGS
 METRICS = ("psnr", "ssim")  # scored against lines; input scores are kept in the scores files only
@@ -57,7 +57,7 @@ def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_chan
   """Per-task scores of the run in `workdir` on a built suite (all devices, all processes)."""
   run = trained_restorer.load(workdir)
   m, batch_sh = trained_restorer.mesh_and_sharding(run.config)
-  shards = evaluator._num_shards(batch_sh)  # pylint: disable=protected-access
+  shards = scoring._num_shards(batch_sh)  # pylint: disable=protected-access
   if batch_size and batch_size % shards:
     raise ValueError(f"--batch_size={batch_size} is not divisible by the {shards} data-parallel shards")
   batch_size = batch_size or -(-run.config.eval.batch_size // shards) * shards

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, tiny_config
 from restorejax import checkpoint, models, sharding
 from restorejax.data import batches, degrade, images, pipeline
-from restorejax.evaluation import datasets, evaluator, metrics
+from restorejax.evaluation import datasets, scoring, metrics
 from restorejax.tasks import restoration
 
 # Different sizes; 30x31 shares the 32x32 canvas (stride 4) with three 32x32 images.
@@ -94,7 +94,7 @@ def test_each_image_scores_as_if_restored_alone(net, tmp_path):
   examples = _examples()
   mesh = sharding.mesh(config)
   apply = lambda p, x, prior: model.apply({"params": p}, x, prior)
-  ev = evaluator.Evaluator(apply, mesh, sharding.batch_sharding(config, mesh), examples, batch_size=4,
+  ev = scoring.Evaluator(apply, mesh, sharding.batch_sharding(config, mesh), examples, batch_size=4,
                            multiple=4, save_dir=str(tmp_path / "out"), grid_count=3)
   # One canvas per size rounded up to the stride: 30x31 joins the 32x32 images.
   assert ev.canvases == [(20, 20), (28, 40), (32, 32)]
@@ -114,7 +114,7 @@ def test_each_image_scores_as_if_restored_alone(net, tmp_path):
     assert row["psnr"] == pytest.approx(_psnr64(levels, e["target"]), abs=0.01)
     assert row["input_psnr"] == pytest.approx(_psnr64(e["degraded"], e["target"]), abs=1e-4)
     assert row["input_ssim"] == pytest.approx(_ssim64(e["degraded"], e["target"]), abs=1e-5)
-  for k in evaluator.METRICS:
+  for k in scoring.METRICS:
     assert result.means[k] == pytest.approx(np.mean([r[k] for r in result.per_image]))
   # Grid: 3 rows of degraded | restored | target centre-cropped to the smallest of them (27 x 31).
   assert result.grid.shape == (3, 27, 93, 3) and result.grid.dtype == np.uint8
@@ -132,7 +132,7 @@ def test_one_canvas_for_all_compiles_once(net):
     calls.append(x.shape)  # runs once per trace
     return model.apply({"params": p}, x, prior)
 
-  ev = evaluator.Evaluator(apply, mesh, sharding.batch_sharding(config, mesh), _examples(), batch_size=4,
+  ev = scoring.Evaluator(apply, mesh, sharding.batch_sharding(config, mesh), _examples(), batch_size=4,
                            multiple=4, canvas="max", cache=False)
   result = ev(params)
   assert ev.canvases == [(32, 40)] and calls == [(4, 32, 40, 3)]
@@ -144,7 +144,7 @@ def test_examples_are_checked():
   mesh = sharding.mesh(config)
   bs = sharding.batch_sharding(config, mesh)
   ok = _examples(sizes=[(16, 16)])[0]
-  make = lambda ex, **kw: evaluator.Evaluator(lambda p, x, q: x, mesh, bs, ex, batch_size=1, multiple=1, **kw)
+  make = lambda ex, **kw: scoring.Evaluator(lambda p, x, q: x, mesh, bs, ex, batch_size=1, multiple=1, **kw)
   with pytest.raises(ValueError, match="two examples are named 'im0'"):
     make([ok, ok])
   with pytest.raises(ValueError, match="'im0': prior is"):

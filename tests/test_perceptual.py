@@ -221,12 +221,12 @@ def test_perceptual_matches_basicsr_semantics():
 @needs_niqe
 def test_evaluator_reports_perceptual_metrics(monkeypatch):
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  from restorejax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from restorejax.evaluation import scoring  # pylint: disable=g-import-not-at-top
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
   v = _versions(1, 192)
   examples = [{"name": "a", "degraded": v["noisy"], "target": v["clean"]},
               {"name": "b", "degraded": v["blur"], "target": v["clean"]}]
-  ev = evaluator.Evaluator(lambda p, x, prior: x * p, mesh, NamedSharding(mesh, PartitionSpec("data")),
+  ev = scoring.Evaluator(lambda p, x, prior: x * p, mesh, NamedSharding(mesh, PartitionSpec("data")),
                            examples, batch_size=2, multiple=8, perceptual=True)
   result = ev(np.float32(1.0))  # the identity: restored scores equal the input's
   assert result.notes == []

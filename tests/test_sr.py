@@ -14,8 +14,8 @@ from absl import logging
 
 from conftest import ROOT
 from restorejax import restore, sharding, train
-from restorejax.data import build, degrade, images, pipeline, resize
-from restorejax.evaluation import datasets, evaluator, metrics
+from restorejax.data import build, degrade, images, pipeline, matlab_resize
+from restorejax.evaluation import datasets, scoring, metrics
 
 logging.set_verbosity(logging.WARNING)
 
@@ -70,7 +70,7 @@ def test_bicubic_downsample_on_device_matches_matlab_reference():
   up = _matlab_imresize_1d(_matlab_imresize_1d(hr[:6, :5], 4).swapaxes(0, 1), 4).swapaxes(0, 1)
   lr8 = np.round(hr[:6, :5] * 255).astype(np.uint8)
   up8 = _matlab_imresize_1d(_matlab_imresize_1d(lr8 / 255.0, 4).swapaxes(0, 1), 4).swapaxes(0, 1)
-  np.testing.assert_array_equal(evaluator.bicubic_upsample(lr8, 4), np.round(np.clip(up8, 0, 1) * 255))
+  np.testing.assert_array_equal(scoring.bicubic_upsample(lr8, 4), np.round(np.clip(up8, 0, 1) * 255))
   assert up.shape == (24, 20, 3)
   with pytest.raises(ValueError, match="multiples"):
     degrade.bicubic_downsample(jnp.zeros((10, 12, 3)), 4)
@@ -210,14 +210,14 @@ def test_sr_evaluator_scores_the_model_and_the_bicubic_baseline():
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   nearest = lambda params, x, prior: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  ev = evaluator.Evaluator(nearest, mesh, bs, examples, batch_size=2, multiple=8, crop_border=2,
+  ev = scoring.Evaluator(nearest, mesh, bs, examples, batch_size=2, multiple=8, crop_border=2,
                            test_y_channel=True, scale=2)
   result = ev({})
   for row, e in zip(result.per_image, examples):
     up = e["degraded"].repeat(2, 0).repeat(2, 1)
     assert row["psnr"] == pytest.approx(float(metrics.psnr(up, e["target"], crop_border=2, test_y_channel=True)),
                                         abs=1e-4)
-    bic = evaluator.bicubic_upsample(e["degraded"], 2)
+    bic = scoring.bicubic_upsample(e["degraded"], 2)
     assert row["bicubic_psnr"] == pytest.approx(
         float(metrics.psnr(bic, e["target"], crop_border=2, test_y_channel=True)), abs=1e-4)
   assert result.grid.shape[1:] == (20, 3 * 28, 3)  # bicubic | restored | target, all at HR size

@@ -13,7 +13,7 @@ Conventions of the individual degradations:
   peak = 256 / s^2).
 - `jpeg`: libjpeg-compatible round trip, 4:2:0 chroma, quality 1..100 traced (see `restorejax.data.jpeg`).
 - `bicubic_downup`: MATLAB `imresize` bicubic (a = -0.5, antialiased) down by an integer factor and
-  back up (see `restorejax.data.resize`); the factor is traced among a static set.
+  back up (see `restorejax.data.matlab_resize`); the factor is traced among a static set.
 - `bicubic_downsample`: MATLAB `imresize(x, 1/scale, 'bicubic')` (antialiased), the low-resolution
   input of super-resolution; the image's sides must be multiples of the static `scale`.
 - `rain`: MiOIR's recipe: sparse seeds (per-pixel probability `density` / 25600, as MiOIR thresholds
@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from restorejax.data import resize
+from restorejax.data import matlab_resize
 from restorejax.data.jpeg import jpeg  # noqa: F401  (public here: degrade.jpeg)
 
 MAX_KERNEL = 21
@@ -141,8 +141,8 @@ def bicubic_downup(image: jnp.ndarray, factor, *, factors: tuple[int, ...] = (2,
   h, w, _ = image.shape
   fs = jnp.asarray(factors, jnp.float32)
   i = jnp.argmin(jnp.abs(fs - jnp.asarray(factor, jnp.float32)))
-  mh = jnp.asarray(np.stack([resize.downup_matrix(h, f) for f in factors]), image.dtype)[i]
-  mw = jnp.asarray(np.stack([resize.downup_matrix(w, f) for f in factors]), image.dtype)[i]
+  mh = jnp.asarray(np.stack([matlab_resize.downup_matrix(h, f) for f in factors]), image.dtype)[i]
+  mw = jnp.asarray(np.stack([matlab_resize.downup_matrix(w, f) for f in factors]), image.dtype)[i]
   return jnp.einsum("oh,hwc,pw->opc", mh, image, mw, precision="highest")
 
 
@@ -155,7 +155,7 @@ def bicubic_downsample(image: jnp.ndarray, scale: int) -> jnp.ndarray:
     raise ValueError(f"scale: a {h}x{w} image cannot be downsampled by {scale} (sides must be multiples)")
   if scale == 1:
     return image
-  return resize.bicubic_resize(image, (h // scale, w // scale), scale=1.0 / scale)
+  return matlab_resize.bicubic_resize(image, (h // scale, w // scale), scale=1.0 / scale)
 
 
 def rain_kernel(width, length, angle) -> jnp.ndarray:
@@ -229,7 +229,7 @@ def _pick(u, lo_hi, step=1):
 
 def _depth_from_uniforms(u: jnp.ndarray, hw: tuple[int, int], grid: int) -> jnp.ndarray:
   h, w = hw
-  field = resize.bicubic_resize(u[1:1 + grid * grid].reshape(grid, grid, 1), (h, w))[..., 0]
+  field = matlab_resize.bicubic_resize(u[1:1 + grid * grid].reshape(grid, grid, 1), (h, w))[..., 0]
   ramp = 1.0 - jnp.linspace(0.0, 1.0, h)[:, None] * (0.5 + 0.5 * u[0])
   d = 0.5 * ramp + 0.5 * field
   d = (d - d.min()) / jnp.maximum(d.max() - d.min(), 1e-6)

@@ -32,7 +32,7 @@ from PIL import Image as PILImage
 from restorejax.data import batches
 from restorejax.data import build as data_build
 from restorejax.data import images, pipeline, records
-from restorejax.evaluation.evaluator import LazyExample
+from restorejax.evaluation.scoring import LazyExample
 
 KINDS = ("default", "folder")
 

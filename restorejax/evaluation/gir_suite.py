@@ -34,9 +34,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from restorejax.data import degrade, images, procedural
-from restorejax.evaluation import datasets, evaluator
+from restorejax.evaluation import datasets, scoring
 from restorejax.evaluation import perceptual as perceptual_lib
-from restorejax.evaluation.evaluator import LazyExample
+from restorejax.evaluation.scoring import LazyExample
 
 MANIFEST = "manifest.json"
 NUM_TASKS = 100
@@ -247,7 +247,7 @@ def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str,
       groups.setdefault(e.has_prior, []).append(e)
   rows = []
   for exs in groups.values():
-    ev = evaluator.Evaluator(apply_fn, mesh, batch_sharding, exs, batch_size=batch_size, multiple=multiple,
+    ev = scoring.Evaluator(apply_fn, mesh, batch_sharding, exs, batch_size=batch_size, multiple=multiple,
                              pad_mode=pad_mode, crop_border=crop_border, test_y_channel=test_y_channel,
                              cache=False, grid_count=0, perceptual=perceptual)
     rows += ev(params).per_image
@@ -257,7 +257,7 @@ def score(apply_fn: Callable, params: Any, mesh, batch_sharding, suite_dir: str,
   out = {}
   for task in by_task:
     rows = per_task[task]
-    out[task] = {k: float(np.mean([r[k] for r in rows])) for k in evaluator.METRICS}
+    out[task] = {k: float(np.mean([r[k] for r in rows])) for k in scoring.METRICS}
     for k in sorted({k for r in rows for k in r} & set(perceptual_lib.METRICS)):
       finite = [r[k] for r in rows if k in r and np.isfinite(r[k])]
       if finite:

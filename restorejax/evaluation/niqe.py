@@ -22,7 +22,7 @@ The AGGD fits (5 per block and scale, each a grid search over 9801 shapes) run b
 BasicSR's float32 operation order, because a float32 mean summed in another order can move a fit to the
 neighbouring grid shape (`exact=False` runs them batched in JAX, within ~1e-2 of BasicSR). The 7x7 local
 normalisation (`_mscn`) runs on the host with scipy as BasicSR's does, and so do the half-size resize
-(MATLAB bicubic from `restorejax.data.resize`'s matrices, rounded to float32 between the passes as
+(MATLAB bicubic from `restorejax.data.matlab_resize`'s matrices, rounded to float32 between the passes as
 BasicSR's is) and the final 36-feature fit (mean, covariance, pseudo-inverse, float64) per image. Against
 BasicSR's own code: ~1e-5 on most images, up to ~4e-3 where its float32 resize (another summation order)
 moves one block's fit to the neighbouring grid shape (RESULTS.md).
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage, special
 
-from restorejax.data import resize
+from restorejax.data import matlab_resize
 from restorejax.evaluation import metrics
 
 ENV = "RESTOREJAX_NIQE_PARAMS"
@@ -263,8 +263,8 @@ def niqe(img, *, crop_border: int = 0, params: dict[str, np.ndarray] | None = No
                      f"{y.shape[1]}x{y.shape[2]}")
   y = np.asarray(y[:, :h, :w], np.float32)
   window = p["gaussian_window"]
-  mh = resize.resize_matrix(h, h // 2, 0.5)
-  mw = resize.resize_matrix(w, w // 2, 0.5)
+  mh = matlab_resize.resize_matrix(h, h // 2, 0.5)
+  mw = matlab_resize.resize_matrix(w, w // 2, 0.5)
   # BasicSR resizes in float32 with float32 weights, rows first, rounding to float32 between the passes.
   mh32, mw32 = mh.astype(np.float32).astype(np.float64), mw.astype(np.float32).astype(np.float64)
   rows = [(mh32 @ (im / np.float32(255.0)).astype(np.float64)).astype(np.float32) for im in y]

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from restorejax import checkpoint
-from restorejax.data import priors, resize
+from restorejax.data import priors, matlab_resize
 from restorejax.diffusion import conditioning, schedules, sdedit, tiled
 from restorejax.tasks import diffusion, sr3
 
@@ -48,7 +48,7 @@ def _pad(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
 
 
 def _resize(x: jnp.ndarray, hw: tuple[int, int], scale: Optional[float] = None) -> jnp.ndarray:
-  return jax.vmap(lambda im: resize.bicubic_resize(im, tuple(hw), scale=scale))(x)
+  return jax.vmap(lambda im: matlab_resize.bicubic_resize(im, tuple(hw), scale=scale))(x)
 
 
 def generate(model: Any, params: Any, degraded: jnp.ndarray, key: jax.Array, *, kind: str,

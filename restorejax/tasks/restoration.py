@@ -26,7 +26,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
 from restorejax import losses, models
-from restorejax.evaluation import datasets, evaluator
+from restorejax.evaluation import datasets, scoring
 from restorejax.tasks import protocol
 
 
@@ -64,7 +64,7 @@ def held_out_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh
   multiple, pad_mode = model.input_padding()
   scale = config.data.get("scale", 1)
   examples = datasets.build(cfg.get("dataset", "default") or "default", config, scale=scale)
-  ev = evaluator.Evaluator(
+  ev = scoring.Evaluator(
       lambda params, x, prior: model.apply({"params": params}, x, prior), mesh, batch_sharding,
       examples, batch_size=cfg.batch_size,
       multiple=multiple, pad_mode=pad_mode, crop_border=cfg.get("crop_border", 0),

@@ -3,7 +3,7 @@
 `config.task = 'sr3'`. A batch holds `target`, the HR patch, and `degraded`, the LR image at
 1/`config.data.scale` of it (the super-resolution data path: HR crops on the host, LR made on the device
 with MATLAB bicubic or read from LR/HR folders). The LR image is bicubic-upsampled to the HR size (MATLAB
-`imresize`, `restorejax.data.resize`) and concatenated to the noisy HR image x_t ([-1, 1]); the ADM UNet
+`imresize`, `restorejax.data.matlab_resize`) and concatenated to the noisy HR image x_t ([-1, 1]); the ADM UNet
 (`config.model`, name 'adm_unet', `in_channels` 6, or 7 with conditioning augmentation) predicts eps,
 conditioned on the continuous noise level (`config.sr3.noise_level`: SR3's sqrt(abar) by default, see
 `restorejax.diffusion.conditioning`), with an L1 (SR3) or L2 loss. EMA, mesh, checkpoints and resume come
@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from restorejax import models, reporting, sharding
-from restorejax.data import batches, pipeline, resize
+from restorejax.data import batches, pipeline, matlab_resize
 from restorejax.diffusion import conditioning, objectives, samplers, schedules, tiled
 from restorejax.evaluation import metrics
 from restorejax.tasks import protocol
@@ -77,13 +77,13 @@ def data_scale(config: ml_collections.ConfigDict) -> int:
 
 def bicubic_up(lr: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
   """MATLAB bicubic upsampling of an NHWC batch to `hw` (any value range: rows of weights sum to 1)."""
-  return jax.vmap(lambda im: resize.bicubic_resize(im, tuple(hw)))(lr.astype(jnp.float32))
+  return jax.vmap(lambda im: matlab_resize.bicubic_resize(im, tuple(hw)))(lr.astype(jnp.float32))
 
 
 def bicubic_down(hr: jnp.ndarray, scale: int) -> jnp.ndarray:
   """MATLAB `imresize(x, 1/scale, 'bicubic')` (antialiased) of an NHWC batch."""
   h, w = hr.shape[1:3]
-  return jax.vmap(lambda im: resize.bicubic_resize(im, (h // scale, w // scale), scale=1.0 / scale))(
+  return jax.vmap(lambda im: matlab_resize.bicubic_resize(im, (h // scale, w // scale), scale=1.0 / scale))(
       hr.astype(jnp.float32))
 
 

@@ -51,7 +51,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from restorejax import sharding
-from restorejax.data import images, resize
+from restorejax.data import images, matlab_resize
 from restorejax.evaluation import metrics
 from restorejax.evaluation import perceptual as perceptual_lib
 
@@ -448,8 +448,8 @@ def _mean_of_finite(values: list[float]) -> float:
 def bicubic_upsample(lr: np.ndarray, scale: int) -> np.ndarray:
   """uint8 HxWx3 -> MATLAB `imresize(lr, scale, 'bicubic')` rounded to uint8: the SR baseline."""
   h, w = lr.shape[:2]
-  mh = resize.resize_matrix(h, h * scale)
-  mw = resize.resize_matrix(w, w * scale)
+  mh = matlab_resize.resize_matrix(h, h * scale)
+  mw = matlab_resize.resize_matrix(w, w * scale)
   up = np.einsum("oh,hwc,pw->opc", mh, lr.astype(np.float64) / 255.0, mw)
   return np.round(np.clip(up, 0.0, 1.0) * 255.0).astype(np.uint8)
 

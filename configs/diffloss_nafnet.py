@@ -15,7 +15,7 @@ constraint, not a PSNR booster; see RESULTS.md), at about 2.2x the step time of 
 
 The argument after the colon is comma-separated: a variant of configs/default.py ('default' or 'tiny')
 and/or `prior=DIR` (default runs/diffusion_prior), e.g. `configs/diffloss_nafnet.py:tiny,prior=/tmp/p`;
-`--config.losses.diffloss.prior=DIR` does the same. Loss weights as in the paper (gamma = lambda = 1e-3,
+`--config.losses.diffloss.diffusion_run=DIR` does the same (its old name `prior` still works). Loss weights as in the paper (gamma = lambda = 1e-3,
 see restorejax/losses/diffloss.py): `losses.diffloss.weight` is gamma, `losses.diffloss.semantic` lambda.
 """
 
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = args.variant
   c = default.get_config(variant)
   with c.unlocked():
-    c.losses.diffloss.update(weight=1e-3, semantic=1e-3, prior=args.prior)
+    c.losses.diffloss.update(weight=1e-3, semantic=1e-3, diffusion_run=args.prior)
     # The prior's parameters live in aux under diffloss/params/...: ADM's FSDP rules, then the restorer's.
     c.sharding.rules = diffloss.sharding_rules() + tuple(c.sharding.rules)
   return c

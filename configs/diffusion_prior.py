@@ -10,7 +10,7 @@ Run:
 Expect on a 2-core CPU: 25-50 minutes; eval/loss (the held-out eps-MSE at fixed steps and noise) falls
 from 0.135 at step 500 to about 0.123, and runs/diffusion_prior/samples.png shows DDIM samples: flat and
 textured overlapping shapes like the data (measured figures in RESULTS.md). The directory is what
-`config.losses.diffloss.prior` takes.
+`config.losses.diffloss.diffusion_run` takes.
 
 Variants (after a colon):
   configs/diffusion_prior.py:64    the same at 64x64 (crops as they are), a wider UNet with one more level.

@@ -50,7 +50,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
     flags.DEFINE_multi_string("mesh", [], "Mesh to check, e.g. data:8,fsdp:8 (repeatable); default: config.mesh.")
     flags.DEFINE_string("diffloss_preset", "", "ADM preset (restorejax.models.adm_unet.ADM_PRESETS) whose "
-                        "shapes stand in for config.losses.diffloss.prior.")
+                        "shapes stand in for config.losses.diffloss.diffusion_run.")
     flags.DEFINE_string("model", "", "Check this network (restorejax.models) with its default fields instead "
                         "of the config's model, e.g. restormer.")
     flags.DEFINE_string("json", "", "Also write the report to this file as JSON.")
@@ -227,7 +227,7 @@ def main(argv: list[str]) -> None:
         with config.unlocked():
           config.model = models.default_config(FLAGS.model)
       if FLAGS.diffloss_preset:
-        config.losses.diffloss.prior = preset_prior(FLAGS.diffloss_preset, tmp)
+        config.losses.diffloss.diffusion_run = preset_prior(FLAGS.diffloss_preset, tmp)
       for m in meshes:
         config.mesh = m
         r = check(config)

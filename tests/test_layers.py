@@ -16,6 +16,7 @@ allowed only where it keeps TensorFlow or torch out of start-up: its target impo
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -109,3 +110,19 @@ def test_function_level_imports_only_keep_heavy_dependencies_out(module):
   bad = [f"{module}:{line} imports {target} inside a function"
          for target, nested, line in _imports(MODULES[module]) if nested and not _heavy(target)]
   assert not bad, "\n".join(bad)
+
+
+def test_the_readme_traces_a_run_through_five_existing_files():
+  """README, Design: config -> trainer -> task -> model -> loss, each a file that exists, and each stop's
+  module names the next one (the path a newcomer follows)."""
+  text = open(os.path.join(ROOT, "README.md")).read()
+  block = text[text.index("A run, traced through"):text.index("inside train.py:")]
+  files = re.findall(r"^\s+(?:-> )?((?:configs|restorejax)/[\w/]+\.py)\b", block, flags=re.M)
+  assert len(files) == 5, files
+  for path in files:
+    assert os.path.isfile(os.path.join(ROOT, path)), path
+  calls = {"restorejax/train.py": "tasks.build(", "restorejax/tasks/restoration.py": "models.build("}
+  for path, call in calls.items():
+    assert call in open(os.path.join(ROOT, path)).read(), (path, call)
+  assert "losses.build(" in open(os.path.join(ROOT, "restorejax/tasks/restoration.py")).read()
+  assert "checkpoint.save(" in open(os.path.join(ROOT, "restorejax/train.py")).read()

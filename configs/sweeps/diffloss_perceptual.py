@@ -37,6 +37,6 @@ def get_sweep(arg=None):
     for gamma in ("1e-3", "1e-2", "1e-1"):
       variants.append((f"{name}_diffloss_{gamma}", {
           **common, **loss, "losses.diffloss.weight": float(gamma), "losses.diffloss.semantic": 1e-3,
-          "losses.diffloss.prior": prior}))
+          "losses.diffloss.diffusion_run": prior}))
   variants.append(("l1_perceptual", {**common, **pixel["l1"], "losses.perceptual.weight": 0.01}))
   return variants

@@ -131,3 +131,13 @@ def bicubic_sr() -> dict:
   bicubic downsampling by `config.data.scale`, with no blur, noise or JPEG (the 'classical' SR benchmark)."""
   return {"name": "sr", "order": "classical", "blur_sigma": (0.0, 0.0), "noise_sigma": (0.0, 0.0),
           "jpeg_quality": (0, 0)}
+
+
+def tiny_sr(c: ml_collections.ConfigDict) -> None:
+  """The `:tiny` variant of a regression SR config (for tests): 20 steps, 32x32 HR patches, batch 4, tiny
+  procedural sets; the config shrinks its own network."""
+  c.update(total_steps=20, log_every=5, eval_every=20, checkpoint_every=10)
+  c.data.procedural.update(num_images=32, image_size=40, eval_num_images=4, eval_image_size=32)
+  c.data.update(patch_size=32, batch_size=4)
+  c.eval.batch_size = 4
+  c.optim.warmup_steps = 2

@@ -48,16 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.update(lr=2e-3, b2=0.99, warmup_steps=50)
 
   if variant == "tiny":
-    c.total_steps = 20
-    c.log_every = 5
-    c.eval_every = 20
-    c.checkpoint_every = 10
+    common.tiny_sr(c)
     c.model.update(embed_dim=12, depths=(2,), num_heads=(2,), window_size=4)
-    c.data.procedural.update(num_images=32, image_size=40, eval_num_images=4, eval_image_size=32)
-    c.data.patch_size = 32
-    c.data.batch_size = 4
-    c.eval.batch_size = 4
-    c.optim.warmup_steps = 2
 
   c.lock()
   return c

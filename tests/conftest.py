@@ -52,6 +52,11 @@ def tiny_config(**updates):
   """configs/default.py:tiny, unlocked copies of the fields given as dotted keys."""
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config("tiny")
+  return with_updates(config, updates)
+
+
+def with_updates(config, updates):
+  """`config` with the fields given as dotted keys set (in place, unlocked for the edit)."""
   with config.unlocked():
     for key, value in updates.items():
       node = config

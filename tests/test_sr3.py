@@ -21,22 +21,14 @@ from restorejax import cascade, checkpoint, restore, sharding, tasks
 from restorejax.data import images, procedural
 from restorejax.diffusion import conditioning, tiled
 from restorejax.tasks import sr3, sr3_cascade
-from conftest import ROOT
+from conftest import ROOT, with_updates
 
 
 def load_config(path="configs/sr3.py", arg="tiny", **updates):
   spec = importlib.util.spec_from_file_location("sr3_test_config", os.path.join(ROOT, path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  with config.unlocked():
-    for key, value in updates.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+  return with_updates(module.get_config(arg), updates)
 
 
 SMALL = {"model.model_channels": 8, "model.norm_groups": 4}

@@ -23,20 +23,21 @@ TINY = {"total_steps": 10, "log_every": 5, "eval_every": 10, "checkpoint_every":
 
 
 def parse_arg(arg):
-  args = common.parse_arg(arg, source="configs/sweeps/diffloss_perceptual.py", tiny=False, prior="runs/diffusion_prior")
+  args = common.parse_arg(arg, source="configs/sweeps/diffloss_perceptual.py", tiny=False,
+                          prior="runs/diffusion_prior")
   return args.tiny, args.prior
 
 
 def get_sweep(arg=None):
   tiny, prior = parse_arg(arg)
-  common = {"eval.perceptual": True, "data.procedural.eval_image_size": 192, **(TINY if tiny else {})}
+  shared = {"eval.perceptual": True, "data.procedural.eval_image_size": 192, **(TINY if tiny else {})}
   pixel = {"l1": {"losses.l1.weight": 1.0}, "l2": {"losses.l1.weight": 0.0, "losses.l2.weight": 1.0}}
   variants = []
   for name, loss in pixel.items():
-    variants.append((name, {**common, **loss}))
+    variants.append((name, {**shared, **loss}))
     for gamma in ("1e-3", "1e-2", "1e-1"):
       variants.append((f"{name}_diffloss_{gamma}", {
-          **common, **loss, "losses.diffloss.weight": float(gamma), "losses.diffloss.semantic": 1e-3,
+          **shared, **loss, "losses.diffloss.weight": float(gamma), "losses.diffloss.semantic": 1e-3,
           "losses.diffloss.diffusion_run": prior}))
-  variants.append(("l1_perceptual", {**common, **pixel["l1"], "losses.perceptual.weight": 0.01}))
+  variants.append(("l1_perceptual", {**shared, **pixel["l1"], "losses.perceptual.weight": 0.01}))
   return variants

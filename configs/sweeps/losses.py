@@ -28,7 +28,8 @@ TINY = {"total_steps": 10, "log_every": 5, "eval_every": 10, "checkpoint_every":
 
 
 def parse_arg(arg):
-  args = common.parse_arg(arg, source="configs/sweeps/losses.py", tiny=False, prior="runs/diffusion_prior")
+  args = common.parse_arg(arg, source="configs/sweeps/losses.py", tiny=False,
+                          prior="runs/diffusion_prior")
   return args.tiny, args.prior
 
 

@@ -119,7 +119,7 @@ def restoration_eval(*, crop_border: int = 0, test_y_channel: bool = False) -> m
   """`config.eval` of a restoration run: BasicSR's metric conventions, stated in every report."""
   return ml_collections.ConfigDict({
       "batch_size": 8,
-      "dataset": "default",               # 'default' (held-out procedural set) or 'folder:DEGRADED,TARGET[,PRIOR]'
+      "dataset": "default",               # 'default' (held-out procedural set), 'folder:DEG,TGT[,PRIOR]'
       "crop_border": crop_border,         # super-resolution: the scale
       "test_y_channel": test_y_channel,   # super-resolution: True (BT.601 Y)
       "perceptual": False,                # also LPIPS/NIQE (needs pip install -e ".[perceptual]")

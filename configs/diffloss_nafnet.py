@@ -15,8 +15,9 @@ constraint, not a PSNR booster; see RESULTS.md), at about 2.2x the step time of 
 
 The argument after the colon is comma-separated: a variant of configs/default.py ('default' or 'tiny')
 and/or `prior=DIR` (default runs/diffusion_prior), e.g. `configs/diffloss_nafnet.py:tiny,prior=/tmp/p`;
-`--config.losses.diffloss.diffusion_run=DIR` does the same (its old name `prior` still works). Loss weights as in the paper (gamma = lambda = 1e-3,
-see restorejax/losses/diffloss.py): `losses.diffloss.weight` is gamma, `losses.diffloss.semantic` lambda.
+`--config.losses.diffloss.diffusion_run=DIR` does the same (its old name `prior` still works). Loss weights
+as in the paper (gamma = lambda = 1e-3, see restorejax/losses/diffloss.py): `losses.diffloss.weight` is
+gamma, `losses.diffloss.semantic` lambda.
 """
 
 

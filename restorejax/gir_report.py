@@ -2,13 +2,14 @@
 
     restorejax-gir --workdir=DIR --weak=DIR1 --strong=DIR2 \\
         --gt=FOLDER|default --out=REPORT [--seed=0] [--real=NAME=DEG_DIR,TGT_DIR[,PRIOR_DIR] ...] \\
-        [--lines=LINES.json] [--crop_border=N] [--test_y_channel]
+        [--lines=LINES.json] [--crop_border=N] [--test_y_channel] [--perceptual]
 
 1. builds the suite (`evaluation.gir_suite`) from the ground truth into REPORT/suite (or --suite_dir),
    or reuses the one already there; 'default' draws procedural dead-leaves images (16 of 64x64, see
    --default_images / --default_size), so nothing needs downloading;
 2. scores the run and each reference on every task (BasicSR PSNR / SSIM, means over the task's
-   images) into REPORT/scores/<name>.json (gir.py's scores format); --weak / --strong may instead be
+   images; with --perceptual also LPIPS (AlexNet) and NIQE, both lower-is-better, where the
+   `perceptual` extra is installed and, for NIQE, the images are large enough) into REPORT/scores/<name>.json (gir.py's scores format); --weak / --strong may instead be
    such a scores file (e.g. kept from an earlier report), and --lines a lines file replacing both;
 3. acceptance lines = the weak reference's scores, excellence lines = the strong one's; AR, ER and RPR
    per metric (`evaluation.gir`) into REPORT/gir_report.md, gir_report.png, gir_result.json.
@@ -28,10 +29,11 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from restorejax import cli
-from restorejax.evaluation import scoring, gir, gir_suite, trained_restorer
+from restorejax.evaluation import gir, gir_suite, scoring, trained_restorer
 
 FLAGS = flags.FLAGS
 METRICS = ("psnr", "ssim")  # scored against lines; input scores are kept in the scores files only
+PERCEPTUAL = ("lpips", "niqe")  # also scored against lines with --perceptual
 
 
 def define_flags() -> None:
@@ -50,10 +52,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("crop_border", 0, "Pixels cropped from every edge before the metrics.")
     flags.DEFINE_bool("test_y_channel", False, "Metrics on the Y channel (BT.601, MATLAB) only.")
     flags.DEFINE_integer("batch_size", 0, "Global images per batch; 0: the run's config.eval.batch_size.")
+    flags.DEFINE_bool("perceptual", False, "Also LPIPS and NIQE (lower is better; pip install -e "
+                      "'.[perceptual]' and `python -m restorejax.evaluation.niqe install`).")
 
 
 def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_channel: bool = False,
-              batch_size: int = 0) -> dict[str, dict[str, float]]:
+              batch_size: int = 0, perceptual: bool = False) -> dict[str, dict[str, float]]:
   """Per-task scores of the run in `workdir` on a built suite (all devices, all processes)."""
   run = trained_restorer.load(workdir)
   m, batch_sh = trained_restorer.mesh_and_sharding(run.config)
@@ -63,8 +67,7 @@ def score_run(workdir: str, suite_dir: str, *, crop_border: int = 0, test_y_chan
   batch_size = batch_size or -(-run.config.eval.batch_size // shards) * shards
   return gir_suite.score(run.apply, trained_restorer.place_params(run.params, run.config, m), m, batch_sh,
                          suite_dir, batch_size=batch_size, multiple=run.multiple, pad_mode=run.pad_mode,
-                         crop_border=crop_border,
-                         test_y_channel=test_y_channel)
+                         crop_border=crop_border, test_y_channel=test_y_channel, perceptual=perceptual)
 
 
 def _model_name(path: str) -> str:
@@ -93,7 +96,8 @@ def _scores_of(path: str, suite_dir: str, out: str, label: str, **options) -> tu
 def gir_report(workdir: str, out: str, *, weak: Optional[str] = None, strong: Optional[str] = None,
                lines: Optional[str] = None, gt: str = "default", suite_dir: Optional[str] = None,
                seed: int = 0, real: tuple[str, ...] = (), default_images: int = 16, default_size: int = 64,
-               crop_border: int = 0, test_y_channel: bool = False, batch_size: int = 0) -> dict[str, Any]:
+               crop_border: int = 0, test_y_channel: bool = False, batch_size: int = 0,
+               perceptual: bool = False) -> dict[str, Any]:
   """Builds / reuses the suite, scores the runs, writes the report; returns gir.evaluate's result."""
   if bool(lines) == bool(weak or strong) or (not lines and not (weak and strong)):
     raise ValueError("give either --weak and --strong (run directories or scores files), or --lines")
@@ -111,7 +115,9 @@ def gir_report(workdir: str, out: str, *, weak: Optional[str] = None, strong: Op
     multihost_utils.sync_global_devices("gir_suite_built")
   logging.info("Suite ready in %s (%.1fs).", suite_dir, time.time() - start)
 
-  options = {"crop_border": crop_border, "test_y_channel": test_y_channel, "batch_size": batch_size}
+  options = {"crop_border": crop_border, "test_y_channel": test_y_channel, "batch_size": batch_size,
+             "perceptual": perceptual}
+  metrics = METRICS + (PERCEPTUAL if perceptual else ())
   name, scores = _scores_of(workdir, suite_dir, out, "model", **options)
   if lines:
     task_lines = gir.load_lines(lines)
@@ -119,13 +125,13 @@ def gir_report(workdir: str, out: str, *, weak: Optional[str] = None, strong: Op
     refs = [_scores_of(path, suite_dir, out, label, **options)[1]
             for path, label in ((weak, "weak"), (strong, "strong"))]
     task_lines = gir.lines_from_references(
-        *[{t: {m: v for m, v in s.items() if m in METRICS} for t, s in ref.items()} for ref in refs])
+        *[{t: {m: v for m, v in s.items() if m in metrics} for t, s in ref.items()} for ref in refs])
   only_scored, only_lined = sorted(set(scores) - set(task_lines)), sorted(set(task_lines) - set(scores))
   if only_scored or only_lined:  # e.g. lines from a suite of another seed
     show = lambda names: ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
     raise ValueError(f"the lines do not match the suite's tasks: without lines: {show(only_scored) or '-'}; "
                      f"lines without a task: {show(only_lined) or '-'}")
-  keep = lambda by_metric: {m: v for m, v in by_metric.items() if m in METRICS}
+  keep = lambda by_metric: {m: v for m, v in by_metric.items() if m in metrics}
   result = gir.evaluate({t: keep(s) for t, s in scores.items()}, {t: keep(v) for t, v in task_lines.items()})
   if jax.process_index() == 0:
     gir.write_report(result, out, model=name)
@@ -143,7 +149,7 @@ def main(argv: list[str]) -> None:
                         gt=FLAGS.gt, suite_dir=FLAGS.suite_dir, seed=FLAGS.seed, real=tuple(FLAGS.real),
                         default_images=FLAGS.default_images, default_size=FLAGS.default_size,
                         crop_border=FLAGS.crop_border, test_y_channel=FLAGS.test_y_channel,
-                        batch_size=FLAGS.batch_size)
+                        batch_size=FLAGS.batch_size, perceptual=FLAGS.perceptual)
   except ValueError as e:
     cli.fail(str(e))
   for metric, r in result["metrics"].items():

@@ -158,3 +158,24 @@ def test_cli_mistakes_are_one_line(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == \
       "restorejax: error: --gt=/nonexistent/gt: no such directory (or 'default')"
+
+
+def test_perceptual_scores_are_lower_is_better_metrics_of_the_report(built, tmp_path):
+  """--perceptual: every task gets LPIPS (NIQE only where its images are large enough: absent, not NaN,
+  elsewhere), and the report scores LPIPS against its lines with lower as better."""
+  _, suite_dir, _, sets = built
+  _run_dir(tmp_path / "model", 0.05)
+  # Lines every LPIPS in [0, 1) passes at acceptance (1.0) and none at excellence (0.0).
+  lines = {t: {"lpips": {"acceptance": 1.0, "excellence": 0.0}} for t in gir_suite.examples(suite_dir)}
+  (tmp_path / "lines.json").write_text(json.dumps({"lines": lines}))
+  out = str(tmp_path / "report")
+  result = gir_report.gir_report(str(tmp_path / "model"), out, lines=str(tmp_path / "lines.json"),
+                                 suite_dir=suite_dir, default_images=8, default_size=32, perceptual=True,
+                                 real=tuple(f"{s.name}={s.degraded},{s.target}" for s in sets))
+  scores = json.load(open(os.path.join(out, "scores", "model_model.json")))["scores"]
+  assert len(scores) == len(lines) == 101
+  assert all(0.0 <= s["lpips"] < 1.0 and np.isfinite(s.get("niqe", 0.0)) for s in scores.values())
+  r = result["metrics"]["lpips"]
+  assert r["n"] == 101 and r["ar"] == 1.0 and r["er"] == 0.0
+  assert r["rpr"] == pytest.approx(np.mean([1 / (1 + np.exp(-(1.0 - s["lpips"]))) for s in scores.values()]))
+  assert "| lpips (lower is better) | 101 |" in open(os.path.join(out, "gir_report.md")).read()

@@ -35,7 +35,8 @@ def parse_arg(arg):
 
 def get_sweep(arg=None):
   tiny, prior = parse_arg(arg)
-  diffloss = {"losses.diffloss.weight": 1e-3, "losses.diffloss.semantic": 1e-3, "losses.diffloss.diffusion_run": prior}
+  diffloss = {"losses.diffloss.weight": 1e-3, "losses.diffloss.semantic": 1e-3,
+              "losses.diffloss.diffusion_run": prior}
   losses = {"pixel": {}, "prior": PRIOR_TERMS, "diffloss": diffloss, "both": {**PRIOR_TERMS, **diffloss}}
   # Evaluated on centre crops of the training patch size: simulated priors are made from the image they
   # accompany, so their misalignment in pixels grows with its size, and a full 96x96 held-out image gets

@@ -61,7 +61,7 @@ def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, lr_sched
     step_rng = jax.random.fold_in(state.rng, state.step)
     (loss, terms), grads = jax.value_and_grad(
         lambda p: task.loss(p, batch, step_rng, aux), has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -248,7 +248,7 @@ def test_bfloat16_and_remat_reach_the_fusion_layers():
     n = 0
     for e in jaxpr.eqns:
       n += e.primitive.name in ("checkpoint", "remat", "remat2")
-      n += sum(count_remat(j.jaxpr if hasattr(j, "jaxpr") else j) for j in jax.core.jaxprs_in_params(e.params))
+      n += sum(count_remat(j.jaxpr if hasattr(j, "jaxpr") else j) for j in jax.extend.core.jaxprs_in_params(e.params))
     return n
 
   counts = {}

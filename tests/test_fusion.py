@@ -13,6 +13,7 @@ program alone would cost a minute of compilation on the shared CPU).
 import functools
 
 import jax
+import jax.extend.core
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np

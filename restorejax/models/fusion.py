@@ -53,10 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from restorejax.models import convs
+from restorejax.models import convs, fusion_match
 from restorejax.models.torch_compat import TORCH_INIT, leaky_relu
 
-FUSIONS = ("none", "concat", "sft", "xattn")
+FUSIONS = ("none", "concat", "sft", "xattn", "match")
 PREFIX = "fusion_"  # every fusion parameter tree outside the first conv starts with it
 
 
@@ -273,13 +273,15 @@ class Fusion:
   dtype: Any
   remat: bool
   feats: Optional[list] = None
+  degraded: Optional[jnp.ndarray] = None  # 'match': the degraded image, matched against the prior
+  match: Optional[tuple] = None           # 'match': (flow, confidence) from `encode`
 
   @classmethod
   def of(cls, module: nn.Module, network: str, degraded: jnp.ndarray, prior, prior_mask, *, channels: int,
          normalize: Callable = lambda p: p, supported: Sequence[str] = FUSIONS, why: str = "") -> "Fusion":
     """From the network's `fusion`, `fusion_width`, `fusion_heads`, `fusion_scale`, `dtype`, `remat`."""
     check(module.fusion, network, supported, why)
-    if module.fusion in ("sft", "xattn"):
+    if module.fusion in ("sft", "xattn", "match"):
       if module.fusion_width < 1 or module.fusion_heads < 1:
         raise ValueError(f"model.fusion_width {module.fusion_width} and model.fusion_heads "
                          f"{module.fusion_heads} must be positive")
@@ -292,7 +294,8 @@ class Fusion:
                                resize=module.fusion != "concat")
     return cls(module.fusion, p, present, getattr(module, "fusion_width", 0),
                getattr(module, "fusion_heads", 0), getattr(module, "fusion_scale", 1),
-               jnp.dtype(module.dtype), module.remat)
+               jnp.dtype(module.dtype), module.remat,
+               degraded=degraded.astype(jnp.float32) if module.fusion == "match" else None)
 
   def concat(self, x: jnp.ndarray) -> jnp.ndarray:
     """The first conv's input `x` (unpadded, the degraded image's grid) with the prior channels in 'concat'."""
@@ -306,14 +309,22 @@ class Fusion:
   def encode(self, pad: Callable[[jnp.ndarray], jnp.ndarray], deepest: int) -> None:
     """Runs the prior encoder on `pad(prior input)` down to the backbone's `deepest` level (sft) or the
     attention tokens' level (xattn, whose hook is always at the deepest level)."""
-    if self.mode not in ("sft", "xattn"):
+    if self.mode not in ("sft", "xattn", "match"):
       return
-    levels = deepest if self.mode == "sft" else self.token_level(deepest)
+    levels = self.token_level(deepest) if self.mode == "xattn" else deepest
     cls = nn.remat(PriorEncoder) if self.remat else PriorEncoder
-    self.feats = cls(self.width, levels, self.dtype, name=f"{PREFIX}encoder")(pad(self.prior))
+    prior = pad(self.prior)
+    self.feats = cls(self.width, levels, self.dtype, name=f"{PREFIX}encoder")(prior)
+    if self.mode == "match":  # restorejax.models.fusion_match
+      self.match = fusion_match.Correspondence(self.width, dtype=self.dtype, remat=self.remat,
+                                               name=f"{PREFIX}match")(pad(self.degraded), prior[..., :-1])
 
   def modulate(self, x: jnp.ndarray, level: int, stage: str) -> jnp.ndarray:
-    """After a backbone stage at `level` (1/2**level of the padded input): SFT in 'sft'."""
+    """After a backbone stage at `level` (1/2**level of the padded input): SFT in 'sft', the matched
+    prior's gated transfer in 'match'."""
+    if self.mode == "match":
+      return fusion_match.Transfer(self.dtype, name=f"{PREFIX}match_{stage}")(
+          x, self.feats[level], *self.match, self.present)
     if self.mode != "sft":
       return x
     return SFT(self.dtype, name=f"{PREFIX}sft_{stage}")(x, self.feats[level])

@@ -166,14 +166,13 @@ def test_trains_under_bfloat16_remat_and_scan():
   target = scene(rng, 2, 16, 16)
   x = np.clip(target + 0.1 * rng.normal(size=target.shape), 0, 1).astype(np.float32)
   prior = target[:, ::-1].copy()  # a prior that is there but misplaced
-  params = model.init(jax.random.key(0), x, prior)["params"]
-  assert not any(np.any(v) for v in jax.tree.leaves(
-      {k: p["value"] for k, p in params.items() if k.startswith("fusion_match_")}))
+  # As initialised (test_transfer_starts_as_identity_with_its_initialisers), without an eager init.
+  params = random_params(model, x, 0, identity=True)
+  out = jax.eval_shape(lambda: model.apply({"params": params}, x, prior))
   masks = np.array([[True, True], [True, False], [False, False], [True, True]])
 
   def program(params):
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    out = model.apply({"params": params}, x, prior)
 
     def step(carry, mask):
       flat, m, v, t = carry
@@ -188,10 +187,10 @@ def test_trains_under_bfloat16_remat_and_scan():
     (flat, *_), losses = jax.lax.scan(step, (flat, zeros, zeros, 0), masks)
     changed = jnp.stack([jnp.any(a != b) for a, b in zip(jax.tree.leaves(params),
                                                          jax.tree.leaves(unravel(flat)))])
-    return out, losses, changed
+    return losses, changed
 
-  out, losses, changed = jax.jit(program, compiler_options=QUICK_COMPILE)(params)
-  assert out.dtype == jnp.float32 and np.isfinite(out).all()
+  losses, changed = jax.jit(program, compiler_options=QUICK_COMPILE)(params)
+  assert out.dtype == jnp.float32
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   assert np.asarray(changed).all(), [n for n, c in zip(names, changed) if not c]

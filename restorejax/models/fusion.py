@@ -21,6 +21,11 @@ misaligned, re-toned, partly hallucinated, and missing for some examples. Modes:
   content. A learned "null" key/value per head is always attendable (a query may take nothing from the
   prior). The output goes through a zero-initialised projection and is added to the backbone features
   (upsampled when the tokens were pooled): identity at initialisation.
+- 'match': correspondence (restorejax/models/fusion_match.py): the degraded image finds each part of itself
+  in the prior within a search window at 1/4 scale (a local cost volume, soft-argmax flow and confidence);
+  after every stage where 'sft' modulates, the `PriorEncoder` features at that scale are warped by the flow
+  and added through a gated residual whose value conv starts at zero (identity at initialisation; zero for
+  an absent prior whatever the weights). Built for shifted, rescaled, re-toned priors.
 
 Absent priors. `model(degraded, prior=None, prior_mask=None)`: `prior=None` means absent for the whole
 batch; `prior_mask` (B,) bool marks per example which priors are present (None: all present). An absent
@@ -38,10 +43,12 @@ Hook points (the prior encoder runs on the prior padded as the backbone pads its
              scale (the RRDB trunk is one scanned stage)
   DehazeNet  'concat' only: a 4-layer CNN regressing one transmission map has no feature stages to
              modulate, and its output is the physics inversion of the degraded image alone.
-'sft' and 'xattn' accept a prior of any size (resized to the degraded input's grid); 'concat' needs the
-degraded image's height and width. Every fusion parameter outside the first conv lives at the top of the
-params tree under a name starting with `fusion_` (`fusion_encoder`, `fusion_sft_<stage>`, `fusion_xattn`),
-so backbone parameters (official, converted, or trained without a prior) carry over unchanged.
+'match' uses the hooks of 'sft'.
+'sft', 'xattn' and 'match' accept a prior of any size (resized to the degraded input's grid); 'concat' needs
+the degraded image's height and width. Every fusion parameter outside the first conv lives at the top of
+the params tree under a name starting with `fusion_` (`fusion_encoder`, `fusion_sft_<stage>`,
+`fusion_xattn`, `fusion_match`, `fusion_match_<stage>`), so backbone parameters (official, converted, or
+trained without a prior) carry over unchanged.
 """
 
 import dataclasses

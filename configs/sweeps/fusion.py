@@ -1,7 +1,7 @@
-"""Prior fusion benchmark: the same NAFNet with fusion none / concat / sft / xattn, same steps and seed,
+"""Prior fusion benchmark: the same NAFNet with fusion none / concat / sft / xattn / match, same steps and seed,
 on the embedded dead-leaves data with simulated (misaligned, re-toned) priors.
 
-Run (four short runs, about 15 minutes on a 2-core CPU):
+Run (five short runs, about 20 minutes on a 2-core CPU):
   python -m restorejax.sweep --config=configs/default.py --sweep=configs/sweeps/fusion.py \
       --workdir=runs/sweep_fusion
 Results: runs/sweep_fusion/results.md (and .csv, .png); measured figures in BENCHMARKS.md.
@@ -14,7 +14,7 @@ centre crops of the training patch size, for the reason given in configs/sweeps/
 
 from configs import common
 
-MODES = ("none", "concat", "sft", "xattn")
+MODES = ("none", "concat", "sft", "xattn", "match")
 
 
 def parse_arg(arg):

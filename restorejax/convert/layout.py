@@ -122,7 +122,7 @@ def _pad_prior_inputs(params: dict, tmpl: dict, path: tuple) -> None:
 
 
 def _init_fusion(params: dict, model_cfg: ml_collections.ConfigDict, channels: int) -> None:
-  """The fusion's own parameters ('sft', 'xattn': top-level `fusion_*` trees) from their initialisers
+  """The fusion's own parameters ('sft', 'xattn', 'match': top-level `fusion_*` trees) from their initialisers
   (seed 0). Their output layers start at zero, so the network computes the official function."""
   model = models.build(model_cfg)
   # Run once: XLA's cheapest compilation (the network's forward is dead code here anyway).
@@ -157,7 +157,7 @@ def finish(
   mode = model_cfg.get("fusion", "none")
   if mode == "concat":
     _pad_prior_inputs(params, unrolled, first_conv)
-  elif mode in ("sft", "xattn"):
+  elif mode in ("sft", "xattn", "match"):
     _init_fusion(params, model_cfg, channels)
   _check_shapes(params, unrolled, arch)
   params = jax.tree.map(np.asarray, params)

@@ -21,6 +21,11 @@ misaligned, re-toned, partly hallucinated, and missing for some examples. Modes:
   content. A learned "null" key/value per head is always attendable (a query may take nothing from the
   prior). The output goes through a zero-initialised projection and is added to the backbone features
   (upsampled when the tokens were pooled): identity at initialisation.
+- 'match': correspondence (restorejax/models/fusion_match.py): the degraded image finds each part of itself
+  in the prior within a search window at 1/4 scale (a local cost volume, soft-argmax flow and confidence);
+  after every stage where 'sft' modulates, the `PriorEncoder` features at that scale are warped by the flow
+  and added through a gated residual whose value conv starts at zero (identity at initialisation; zero for
+  an absent prior whatever the weights). Built for shifted, rescaled, re-toned priors.
 
 Absent priors. `model(degraded, prior=None, prior_mask=None)`: `prior=None` means absent for the whole
 batch; `prior_mask` (B,) bool marks per example which priors are present (None: all present). An absent
@@ -38,10 +43,12 @@ Hook points (the prior encoder runs on the prior padded as the backbone pads its
              scale (the RRDB trunk is one scanned stage)
   DehazeNet  'concat' only: a 4-layer CNN regressing one transmission map has no feature stages to
              modulate, and its output is the physics inversion of the degraded image alone.
-'sft' and 'xattn' accept a prior of any size (resized to the degraded input's grid); 'concat' needs the
-degraded image's height and width. Every fusion parameter outside the first conv lives at the top of the
-params tree under a name starting with `fusion_` (`fusion_encoder`, `fusion_sft_<stage>`, `fusion_xattn`),
-so backbone parameters (official, converted, or trained without a prior) carry over unchanged.
+'match' uses the hooks of 'sft'.
+'sft', 'xattn' and 'match' accept a prior of any size (resized to the degraded input's grid); 'concat' needs
+the degraded image's height and width. Every fusion parameter outside the first conv lives at the top of
+the params tree under a name starting with `fusion_` (`fusion_encoder`, `fusion_sft_<stage>`,
+`fusion_xattn`, `fusion_match`, `fusion_match_<stage>`), so backbone parameters (official, converted, or
+trained without a prior) carry over unchanged.
 """
 
 import dataclasses
@@ -53,10 +60,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from restorejax.models import convs, restorer
+from restorejax.models import convs, fusion_match, restorer
 from restorejax.models.torch_compat import TORCH_INIT, leaky_relu
 
-FUSIONS = ("none", "concat", "sft", "xattn")
+FUSIONS = ("none", "concat", "sft", "xattn", "match")
 PREFIX = "fusion_"  # every fusion parameter tree outside the first conv starts with it
 
 
@@ -273,6 +280,8 @@ class Fusion:
   dtype: Any
   remat: bool
   feats: Optional[list] = None
+  degraded: Optional[jnp.ndarray] = None  # 'match': the degraded image, matched against the prior
+  match: Optional[tuple] = None           # 'match': (flow, confidence) from `encode`
 
   @classmethod
   def of(cls, module: restorer.Restorer, network: str, degraded: jnp.ndarray, prior, prior_mask, *,
@@ -280,7 +289,7 @@ class Fusion:
          why: str = "") -> "Fusion":
     """From the network's shared fields (`restorer.Restorer`, `restorer.FeatureFusionRestorer`)."""
     check(module.fusion, network, supported, why)
-    if module.fusion in ("sft", "xattn"):
+    if module.fusion in ("sft", "xattn", "match"):
       if module.fusion_width < 1 or module.fusion_heads < 1:
         raise ValueError(f"model.fusion_width {module.fusion_width} and model.fusion_heads "
                          f"{module.fusion_heads} must be positive")
@@ -295,7 +304,8 @@ class Fusion:
       width, heads, scale = module.fusion_width, module.fusion_heads, module.fusion_scale
     else:  # a network without feature stages supports no mode that reads them
       width, heads, scale = 0, 0, 1
-    return cls(module.fusion, p, present, width, heads, scale, jnp.dtype(module.dtype), module.remat)
+    return cls(module.fusion, p, present, width, heads, scale, jnp.dtype(module.dtype), module.remat,
+               degraded=degraded.astype(jnp.float32) if module.fusion == "match" else None)
 
   def concat(self, x: jnp.ndarray) -> jnp.ndarray:
     """The first conv's input `x` (unpadded, the degraded image's grid) with the prior channels in 'concat'."""
@@ -309,14 +319,22 @@ class Fusion:
   def encode(self, pad: Callable[[jnp.ndarray], jnp.ndarray], deepest: int) -> None:
     """Runs the prior encoder on `pad(prior input)` down to the backbone's `deepest` level (sft) or the
     attention tokens' level (xattn, whose hook is always at the deepest level)."""
-    if self.mode not in ("sft", "xattn"):
+    if self.mode not in ("sft", "xattn", "match"):
       return
-    levels = deepest if self.mode == "sft" else self.token_level(deepest)
+    levels = self.token_level(deepest) if self.mode == "xattn" else deepest
     cls = nn.remat(PriorEncoder) if self.remat else PriorEncoder
-    self.feats = cls(self.width, levels, self.dtype, name=f"{PREFIX}encoder")(pad(self.prior))
+    prior = pad(self.prior)
+    self.feats = cls(self.width, levels, self.dtype, name=f"{PREFIX}encoder")(prior)
+    if self.mode == "match":  # restorejax.models.fusion_match
+      self.match = fusion_match.Correspondence(self.width, dtype=self.dtype, remat=self.remat,
+                                               name=f"{PREFIX}match")(pad(self.degraded), prior[..., :-1])
 
   def modulate(self, x: jnp.ndarray, level: int, stage: str) -> jnp.ndarray:
-    """After a backbone stage at `level` (1/2**level of the padded input): SFT in 'sft'."""
+    """After a backbone stage at `level` (1/2**level of the padded input): SFT in 'sft', the matched
+    prior's gated transfer in 'match'."""
+    if self.mode == "match":
+      return fusion_match.Transfer(self.dtype, name=f"{PREFIX}match_{stage}")(
+          x, self.feats[level], *self.match, self.present)
     if self.mode != "sft":
       return x
     return SFT(self.dtype, name=f"{PREFIX}sft_{stage}")(x, self.feats[level])

@@ -11,7 +11,7 @@ is 16 pixels instead of the official 50, which suits full-resolution photographs
 Run:
   python -m restorejax.main --config=configs/dehazenet.py --workdir=runs/dehazenet
   (or --config=configs/default.py:model=dehazenet, the same config)
-Measured (RESULTS.md, "DehazeNet default run"; a shared 2-core CPU, 1626 s): eval/psnr 15.54 dB against
+Expect (measured, RESULTS.md "DehazeNet default run"; a shared 2-core CPU, 1626 s): eval/psnr 15.54 dB vs
 11.56 dB for the hazy input after 1500 steps (+3.98 dB), but 18.41 dB at step 1000: training is erratic
 (an almost-zero gradient for its first ~500 steps, then spikes), not yet tuned.
 

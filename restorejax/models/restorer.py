@@ -3,7 +3,7 @@
 `Restorer` is the base of every network in `models.MODELS`, called as
 `model(degraded, prior=None, prior_mask=None) -> restored` on NHWC float images in [0, 1]. It declares
 once the fields every network has (`fusion`, `dtype`, `scan`, `remat`); `FeatureFusionRestorer` adds the
-settings of the feature-level fusion modes ('sft', 'xattn': `fusion_width`, `fusion_heads`,
+settings of the feature-level fusion modes ('sft', 'xattn', 'match': `fusion_width`, `fusion_heads`,
 `fusion_scale`) for the networks that have feature stages (all but DehazeNet). A network overrides
 `input_padding` when it pads its input itself and `output_scale` when it super-resolves; the network's own
 `__call__` reads them too, so the fact lives in one place.
@@ -20,7 +20,7 @@ class Restorer(nn.Module):
 
   Attributes:
     fusion: how a prior enters (restorejax.models.fusion): 'none', 'concat', and for feature-level
-      networks 'sft' or 'xattn'.
+      networks 'sft', 'xattn' or 'match'.
     dtype: compute dtype ('float32' or 'bfloat16'); parameters and the output stay float32.
     scan: compile each stage's repeated blocks once (`restorejax.models.stack`).
     remat: recompute activations in the backward pass.
@@ -44,7 +44,7 @@ class Restorer(nn.Module):
 
 
 class FeatureFusionRestorer(Restorer):
-  """A restorer with feature stages, which the prior may also enter as features ('sft', 'xattn').
+  """A restorer with feature stages, which the prior may also enter as features ('sft', 'xattn', 'match').
 
   Attributes:
     fusion_width: the prior encoder's base width.

@@ -25,7 +25,8 @@ gpu_node, slurm), JAX's coordination service runs in a detached child of process
 (`serve`), so that killing process 0 does not take the service down with it; inside process 0, its loss
 would make every other process's JAX client abort at once with a C++ stack trace (measured: 2 s), and
 jaxlib's `missed_heartbeat_callback` cannot replace that abort (its status argument fails to convert,
-`std::bad_cast`). The child outlives a killed process 0 by the peer timeout plus a margin, then exits.
+`std::bad_cast`). The child outlives process 0 by the peer timeout plus 30 s, then exits (it cannot tell
+a killed process 0 from a finished one; `jax.distributed.shutdown()` stops it at once).
 
 `python -m restorejax.distributed [--coordinator_address=... --num_processes=N --process_id=i]` prints the
 plan this environment resolves to, without starting JAX (`--dry_run` of the train command starts it).

@@ -70,8 +70,8 @@ def cascade_files(stages: Sequence[sr3_cascade.Stage], inputs: list[str], out_di
     to8 = lambda x: np.round(x[0] * 255.0).astype(np.uint8)
     if save_stages:
       for i, o in enumerate(outputs[:-1]):
-        images.write_png(os.path.join(out_dir, f"{stem}_stage{i}.png"), to8(o))
-    images.write_png(os.path.join(out_dir, f"{stem}.png"), to8(outputs[-1]))
+        images.replace_png(os.path.join(out_dir, f"{stem}_stage{i}.png"), to8(o))
+    images.replace_png(os.path.join(out_dir, f"{stem}.png"), to8(outputs[-1]))
     print(f"{path} -> {os.path.join(out_dir, stem + '.png')} ({outputs[-1].shape[2]}x{outputs[-1].shape[1]})",
           flush=True)
   return failures

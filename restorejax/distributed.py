@@ -34,6 +34,7 @@ plan this environment resolves to, without starting JAX (`--dry_run` of the trai
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import os
 import re
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 from jax._src import distributed as jax_distributed  # the coordination client, for the watchdog
@@ -265,18 +266,16 @@ class _DetachedService:
       self.child.terminate()
 
 
-class _service_elsewhere:  # pylint: disable=invalid-name  (a context manager used like a function)
+@contextlib.contextmanager
+def _service_elsewhere(service: _DetachedService) -> Iterator[None]:
   """While JAX initializes, its call that would start the service in this process returns `service`."""
-
-  def __init__(self, service: _DetachedService):
-    self.service = service
-
-  def __enter__(self):
-    self.original = getattr(jax_distributed._jax, _SERVICE_FACTORY)  # pylint: disable=protected-access
-    setattr(jax_distributed._jax, _SERVICE_FACTORY, lambda *a, **k: self.service)  # pylint: disable=protected-access
-
-  def __exit__(self, *exc):
-    setattr(jax_distributed._jax, _SERVICE_FACTORY, self.original)  # pylint: disable=protected-access
+  jaxlib_module = jax_distributed._jax  # pylint: disable=protected-access
+  original = getattr(jaxlib_module, _SERVICE_FACTORY)
+  setattr(jaxlib_module, _SERVICE_FACTORY, lambda *a, **k: service)
+  try:
+    yield
+  finally:
+    setattr(jaxlib_module, _SERVICE_FACTORY, original)
 
 
 def _bind_address(coordinator_address: str) -> str:

@@ -135,6 +135,45 @@ def test_watchdog_names_the_silent_peer():
   assert lost and lost[0][:3] == ([2], 0, 3)
 
 
+def test_the_watchdog_outlives_the_shutdown_barrier_and_is_joined_before_the_interpreter_ends(monkeypatch):
+  # A daemon thread still inside a client call when the interpreter finalizes aborted two-process runs
+  # at exit ("FATAL: exception not rethrown"): the exit handler shuts JAX's client down itself, then joins.
+  handlers, events = [], []
+  monkeypatch.setattr(distributed.atexit, "register", handlers.append)
+  client, before = _FakeClient(), set(distributed.threading.enumerate())  # other tests' watchdogs
+  distributed.watch_peers(client, 0, 3, timeout_s=60, poll_s=0.05, on_lost=lambda *a: events.append("lost"))
+  beating = lambda: [t for t in set(distributed.threading.enumerate()) - before
+                     if t.name.startswith("restorejax-peers-")]
+  monkeypatch.setattr(jax.distributed, "shutdown", lambda: events.append(("shutdown", len(beating()))))
+  assert len(handlers) == 1 and len(beating()) == 2
+  handlers[0]()
+  assert events == [("shutdown", 2)]  # the barrier ran while the watchdog still watched
+  assert not beating()
+  count = client.store["restorejax/alive/0"]
+  time.sleep(0.2)
+  assert client.store["restorejax/alive/0"] == count  # no more client calls
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_the_detached_service_serves_a_grace_period_after_process_0_shuts_it_down():
+  # Process 0 leaves the shutdown barrier first; a service killed at once made the others' last calls
+  # abort them (CI, stop 11). So `shutdown` asks the child to stop, and the child serves SERVICE_GRACE_S more.
+  port = _free_port()
+  service = distributed._start_service({"coordinator_address": f"127.0.0.1:{port}", "num_processes": 2})  # pylint: disable=protected-access
+  started = time.time()
+  service.shutdown()
+  time.sleep(1.0)
+  assert service.child.poll() is None
+  socket.create_connection(("127.0.0.1", port), timeout=5).close()  # still listening
+  assert service.child.wait(timeout=distributed.SERVICE_GRACE_S + 30) == 0
+  assert time.time() - started >= distributed.SERVICE_GRACE_S
+
+
 def test_a_coordination_service_that_cannot_start_is_one_error():
   with socket.socket(socket.AF_INET6) as taken:
     taken.bind(("::", 0))

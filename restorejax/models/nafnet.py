@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from restorejax.models import convs, fusion, layernorm, restorer, stack
+from restorejax.models import convs, fusion, restorer, stack
 from restorejax.models.torch_compat import TORCH_INIT, pixel_shuffle
 
 # Official configurations (megvii-research/NAFNet options/test/*/NAFNet-*.yml) as `config.model` values.
@@ -60,7 +60,8 @@ class NAFBlock(nn.Module):
     c = inp.shape[-1]
     dw = c * self.dw_expand
     conv = lambda f, name: convs.PointwiseConv(f, dtype=self.dtype, kernel_init=TORCH_INIT, name=name)
-    norm = lambda name: layernorm.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(
+        epsilon=1e-6, use_fast_variance=False, dtype=self.dtype, name=name)
 
     x = norm("norm1")(inp)
     x = conv(dw, "conv1")(x)

@@ -13,6 +13,7 @@ converted weights and checkpoints do not depend on which implementation ran.
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -48,11 +49,43 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     k, c = self.kernel_size, x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (k, k, 1, c)).astype(self.dtype)
-    x = x.astype(self.dtype)
-    h, w = x.shape[1], x.shape[2]
-    r = k // 2
-    xp = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
-    y = sum(xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
+    y = depthwise(x.astype(self.dtype), kernel[:, :, 0])
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (c,)).astype(self.dtype)
     return y
+
+
+def shifted_sum(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """sum_ij pad(x)[:, i:i+h, j:j+w] * kernel[i, j]: the 'same' depthwise correlation as k*k multiply-adds."""
+  k, h, w = kernel.shape[0], x.shape[1], x.shape[2]
+  r = k // 2
+  xp = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
+  return sum(xp[:, i:i + h, j:j + w, :] * kernel[i, j] for i in range(k) for j in range(k))
+
+
+@jax.custom_vjp
+def depthwise(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """Stride-1 'same' depthwise correlation of NHWC `x` with a (k, k, C) `kernel`, zero padding.
+
+  Its own VJP because autodiff's transpose of the k*k slices is k*k padded copies of the output gradient
+  (one fresh buffer each on XLA:CPU); the input gradient is the same shifted sum with the flipped kernel.
+  """
+  return shifted_sum(x, kernel)
+
+
+def _depthwise_fwd(x, kernel):
+  return shifted_sum(x, kernel), (x, kernel)
+
+
+def _depthwise_bwd(res, g):
+  x, kernel = res
+  k, h, w = kernel.shape[0], x.shape[1], x.shape[2]
+  r = k // 2
+  dx = shifted_sum(g, kernel[::-1, ::-1])
+  xp = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
+  dk = jnp.stack([jnp.stack([jnp.sum(xp[:, i:i + h, j:j + w, :] * g, axis=(0, 1, 2))
+                             for j in range(k)]) for i in range(k)])
+  return dx, dk.astype(kernel.dtype)
+
+
+depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)

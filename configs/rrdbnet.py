@@ -36,7 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.run(total_steps=1000, log_every=50, eval_every=200, checkpoint_every=200)
 
   c.model = models.default_config("rrdbnet")
-  c.model.update(scale=scale, num_feat=32, num_block=2, num_grow_ch=16)
+  # bicubic_skip: the network learns the residual over bicubic upsampling (+0.48 dB at step 100 of a probe)
+  c.model.update(scale=scale, num_feat=32, num_block=2, num_grow_ch=16, bicubic_skip=True)
 
   c.data = common.restoration_data(common.bicubic_sr(), eval_num_images=16, scale=scale, patch_size=48)
   c.eval = common.restoration_eval(crop_border=scale, test_y_channel=True)  # BasicSR's SR conventions

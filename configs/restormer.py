@@ -10,7 +10,10 @@ peak rate (1e-3 instead of 3e-4) for a run of minutes rather than 300k iteration
 Run:
   python -m restorejax.main --config=configs/restormer.py --workdir=runs/restormer
   (or --config=configs/default.py:model=restormer, the same config)
-Expect on a 2-core CPU: not measured yet at the default settings (the tiny variant trains in CI).
+Expect on a 2-core CPU: not measured at the default 1500 steps (too slow beside other jobs). A shortened
+run (--config.total_steps=300 --config.eval_every=100, nice 19 beside other jobs, load 7 to 13,
+2026-12-05; RESULTS.md "Restormer") reached eval/psnr 19.88 / 20.14 dB at steps 100 / 200 against the
+degraded input's 18.35 dB, at 0.25 steps/s after a 849 s compile.
 
 Variants (after a colon):
   configs/restormer.py:tiny   dim 8, blocks (1, 0, 0, 1), configs/default.py:tiny's data and 60 steps;

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from restorejax import models
+from restorejax.data import matlab_resize
 from restorejax.models import restorer, stack, torch_compat
 
 TINY = {
@@ -292,3 +293,22 @@ def _block(name, **fields):
   cfg = models.default_config(name)
   cfg.update(fields)
   return cfg
+
+
+def test_rrdbnet_bicubic_skip_adds_bicubic_upsampling_only_when_on():
+  """Off by default, so converted official weights compute what they did; on, the same parameters give
+  the plain output plus the bicubic upsampling of the input (MATLAB's, up to the kernel's border and
+  rounding differences), and the parameter tree is unchanged."""
+  assert models.default_config("rrdbnet").bicubic_skip is False
+  off, on = model("rrdbnet"), model("rrdbnet", bicubic_skip=True)
+  assert jax.tree.structure(template(on)) == jax.tree.structure(template(off))
+  params = random_params(template(off))
+  x, _ = data("rrdbnet")
+  delta = np.asarray(on.apply({"params": params}, x)) - np.asarray(off.apply({"params": params}, x))
+  up = np.stack([matlab_resize.bicubic_resize(jnp.asarray(im), (26, 22)) for im in x])
+  assert delta.shape == up.shape
+  np.testing.assert_allclose(delta, up, atol=0.05)
+  assert np.abs(delta - up).mean() < 0.01
+  with pytest.raises(ValueError, match="bicubic_skip needs out_channels == in_channels"):
+    jax.eval_shape(model("rrdbnet", bicubic_skip=True, out_channels=1).init, jax.random.key(0),
+                   jnp.zeros(SHAPE))

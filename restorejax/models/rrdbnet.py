@@ -6,7 +6,10 @@ residual dense blocks (three 5-conv dense blocks, growth `num_grow_ch`, LeakyReL
 and the output conv. Scales 2 and 1 first pixel-unshuffle the input by 2 and 4 (BasicSR's extension used
 by Real-ESRGAN x2); the input is then reflect-padded to that multiple and the output cropped back.
 
-`model(lr)` of shape (B, h, w, C) returns (B, h * scale, w * scale, C). Initialisation follows BasicSR:
+`model(lr)` of shape (B, h, w, C) returns (B, h * scale, w * scale, C). `bicubic_skip` (off by default, so
+converted official weights compute exactly what they did) adds the bicubic upsampling of the input to the
+output, VDSR-style: the network then learns only the residual over bicubic, which trains faster from
+scratch. Initialisation follows BasicSR:
 dense-block convs kaiming-normal x 0.1 with zero bias (what keeps 23 blocks trainable), others PyTorch's
 default.
 """
@@ -14,6 +17,7 @@ default.
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from restorejax.models import fusion, restorer, stack
@@ -68,6 +72,9 @@ class RRDBNet(restorer.FeatureFusionRestorer):
     in_channels, out_channels: image channels.
     scale: 4 (ESRGAN), 2 or 1 (input pixel-unshuffled by 2 or 4 first).
     num_feat, num_block, num_grow_ch: trunk width, RRDB count, dense growth channels.
+    bicubic_skip: add the bicubic upsampling of the input to the output (a global residual; not in the
+      official generators), by `jax.image.resize(..., 'bicubic')`: close to, not exactly, the MATLAB
+      `imresize` of the evaluation baseline (up to ~0.02 apart on noise); the network learns the rest.
     fusion, fusion_width, fusion_heads, fusion_scale, dtype, scan, remat: see `restorer.Restorer`; the
       prior has `out_channels` channels, on the input's grid; 'sft' modulates at the trunk's input and
       output, 'xattn' attends at the trunk's input; `scan` scans the RRDB trunk, `remat` each RRDB.
@@ -79,6 +86,7 @@ class RRDBNet(restorer.FeatureFusionRestorer):
   num_feat: int = 64
   num_block: int = 23
   num_grow_ch: int = 32
+  bicubic_skip: bool = False
 
   # The default input_padding (1, 'constant') stays, as evaluation has always had it: the network
   # reflect-pads to a multiple of 4 // scale itself before unshuffling (1 at scale 4).
@@ -116,4 +124,11 @@ class RRDBNet(restorer.FeatureFusionRestorer):
     feat = leaky_relu(conv(self.num_feat, "conv_up2")(upsample_nearest(feat, 2)), 0.2)
     out = conv(self.out_channels, "conv_last")(leaky_relu(conv(self.num_feat, "conv_hr")(feat), 0.2))
     scale = self.output_scale()
-    return out.astype(jnp.float32)[:, :h * scale, :w * scale, :]
+    out = out.astype(jnp.float32)[:, :h * scale, :w * scale, :]
+    if self.bicubic_skip:
+      if self.out_channels != self.in_channels:
+        raise ValueError(f"model.bicubic_skip needs out_channels == in_channels, got {self.out_channels} "
+                         f"and {self.in_channels}")
+      b, _, _, c = degraded.shape
+      out = out + jax.image.resize(degraded.astype(jnp.float32), (b, h * scale, w * scale, c), "bicubic")
+    return out

@@ -25,8 +25,8 @@ from restorejax.tasks import sr3
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, source="configs/sr3.py", variants=("default", "tiny")).variant
-  c = common.run(task="sr3", total_steps=3000, log_every=100, eval_every=1000,
-                 checkpoint_every=500, keep_checkpoints=1, rules=adm_unet.ADM_SHARDING_RULES)
+  c = common.run(task="sr3", total_steps=600, log_every=50, eval_every=600,
+                 checkpoint_every=200, keep_checkpoints=1, rules=adm_unet.ADM_SHARDING_RULES)
 
   c.model = adm_unet.default_config("tiny")
   c.model.update(image_size=64, in_channels=6, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict({"batch_size": 4})
 
   c.optim = optim.default_config()
-  c.optim.update(lr=5e-4, warmup_steps=200, b2=0.999, ema_decay=0.999, grad_clip_norm=1.0)
+  c.optim.update(lr=5e-4, warmup_steps=100, b2=0.999, ema_decay=0.999, grad_clip_norm=1.0)
 
   if variant == "tiny":
     c.model.update(image_size=16, model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,),

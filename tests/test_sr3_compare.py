@@ -13,8 +13,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
-from restorejax import checkpoint, models, sr3_compare
+from restorejax import cascade, checkpoint, models, restore, sr3_compare
 from restorejax.evaluation import trained_restorer
 from restorejax.models import lpips as lpips_net
 from restorejax.tasks import sr3, sr3_cascade
@@ -101,3 +102,10 @@ def test_a_regression_run_of_another_scale_is_one_line(runs, tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("restorejax.sr3_compare: error: ") and "x4 network" in last and "is x2" in last
+
+
+def test_its_flags_coexist_with_the_sampling_commands():
+  for module in (cascade, sr3_compare, restore, sr3_compare, cascade):
+    module.define_flags()
+  sr3_compare.define_flags()
+  assert flags.FLAGS["images"].default == 16 and "regression" in flags.FLAGS and "stages" not in flags.FLAGS

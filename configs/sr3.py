@@ -25,8 +25,8 @@ from restorejax.tasks import sr3
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, source="configs/sr3.py", variants=("default", "tiny")).variant
-  c = common.run(task="sr3", total_steps=600, log_every=50, eval_every=600,
-                 checkpoint_every=200, keep_checkpoints=1, rules=adm_unet.ADM_SHARDING_RULES)
+  c = common.run(task="sr3", total_steps=400, log_every=50, eval_every=400,
+                 checkpoint_every=100, keep_checkpoints=1, rules=adm_unet.ADM_SHARDING_RULES)
 
   c.model = adm_unet.default_config("tiny")
   c.model.update(image_size=64, in_channels=6, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      "eval_num_images": 16, "eval_image_size": 64},
       "patch_size": 64,                  # HR patch; the LR patch is patch_size / scale
       "scale": 4,
-      "batch_size": 16,
+      "batch_size": 8,
       "num_workers": 0,
       "read_threads": 2,
       "degrade": {"name": "sr"},        # MATLAB bicubic downsampling by data.scale (the SR data path)

@@ -253,6 +253,25 @@ def _mod_crop(images: np.ndarray, multiple: int) -> np.ndarray:
   return images[:, :h - h % multiple, :w - w % multiple]
 
 
+def held_out(config: ml_collections.ConfigDict, scale: int, multiple: int,
+             count: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first `count` (at least 1) held-out (HR, LR) pairs, uint8: targets mod-cropped to multiples of
+  `scale` and of the UNet's `multiple`; LR the source's own when it has them at 1/scale, else MATLAB
+  bicubic downsamplings of the targets rounded to 8 bits (plain bicubic SR, SR3's setting)."""
+  s = scale
+  examples = pipeline.eval_examples(config)
+  hr = _mod_crop(examples["target"], s * multiple // math.gcd(s, multiple))
+  count = max(1, min(len(hr), int(count)))
+  hr = hr[:count]
+  lr = examples.get("degraded")
+  if lr is not None and lr.shape[1] * s >= hr.shape[1] and lr.shape[2] * s >= hr.shape[2]:
+    lr = lr[:count, :hr.shape[1] // s, :hr.shape[2] // s]
+  else:  # plain bicubic SR of the held-out targets, rounded to 8 bits like a stored LR image
+    lr = np.asarray(jax.jit(lambda x: jnp.round(jnp.clip(bicubic_down(x / 255.0, s), 0, 1) * 255.0))(hr))
+    lr = lr.astype(np.uint8)
+  return hr, lr
+
+
 class SR3Evaluator:
   """Samples the first `sr3.sample_count` held-out images; SR metrics, consistency, bicubic baseline."""
 
@@ -261,17 +280,8 @@ class SR3Evaluator:
     b = config.sr3
     self.task, self.scale = task, s
     self.key = batches.data_key(config, "eval")
-    examples = pipeline.eval_examples(config)
-    multiple = s * task.multiple // math.gcd(s, task.multiple)
-    hr = _mod_crop(examples["target"], multiple)
-    count = max(1, min(len(hr), int(b.sample_count)))
-    hr = hr[:count]
-    lr = examples.get("degraded")
-    if lr is not None and lr.shape[1] * s >= hr.shape[1] and lr.shape[2] * s >= hr.shape[2]:
-      lr = lr[:count, :hr.shape[1] // s, :hr.shape[2] // s]
-    else:  # plain bicubic SR of the held-out targets, rounded to 8 bits like a stored LR image
-      lr = np.asarray(jax.jit(lambda x: jnp.round(jnp.clip(bicubic_down(x / 255.0, s), 0, 1) * 255.0))(hr))
-      lr = lr.astype(np.uint8)
+    hr, lr = held_out(config, s, task.multiple, int(b.sample_count))
+    count = len(hr)
     self.hr, self.lr = hr, lr
     bs = config.eval.batch_size
     index = np.arange(-(-count // bs) * bs) % count

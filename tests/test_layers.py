@@ -30,7 +30,7 @@ RANKS = {"base": 0, "models": 1, "diffusion": 1, "data": 1, "bench_torch": 1, "r
          "evaluation": 2, "losses": 2, "convert": 2, "tasks": 3, "train": 4, "throughput": 4, "cli": 5,
          "commands": 6}
 BASE = ("sharding", "checkpoint", "optim", "distributed", "allocator")
-COMMANDS = ("main", "evaluate", "restore", "sweep", "bench", "bench_gpu", "cascade", "pod_check", "gir_report",
+COMMANDS = ("main", "evaluate", "restore", "sweep", "bench", "bench_gpu", "cascade", "sr3_compare", "pod_check", "gir_report",
             "make_priors", "convert.__main__")
 
 

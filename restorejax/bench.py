@@ -41,7 +41,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from restorejax import allocator, cli, optim, sharding, tasks, throughput, train
+from restorejax import allocator, cli, compile_options, optim, sharding, tasks, throughput, train
 from restorejax.data import pipeline_bench
 from restorejax.data import pipeline
 from restorejax.models import convs
@@ -65,9 +65,13 @@ def define_flags() -> None:
 
 
 class StepBench:
-  """One config's train step, compiled with the trainer's own shardings, on synthetic host batches."""
+  """One config's train step, compiled with the trainer's own shardings, on synthetic host batches.
 
-  def __init__(self, config):
+  `compiler_options` (XLA options) compile this step only, so two StepBenches in one process A/B an XLA
+  option on the whole step, alternated; None: the trainer's own (`compile_options.train_step()`).
+  """
+
+  def __init__(self, config, compiler_options: dict | None = None):
     self.config = config
     mesh = sharding.mesh(config)
     batch_sh = sharding.batch_sharding(config, mesh)
@@ -87,7 +91,9 @@ class StepBench:
             else np.arange(v.size, dtype=v.dtype).reshape(v.shape) for k, v in host.items()}
     self.batch = sharding.host_to_global(host, batch_sh)
     t0 = time.perf_counter()
-    self.step = step.lower(self.state, self.batch, self.aux).compile()
+    if compiler_options is None:  # what the trainer compiles with
+      compiler_options = compile_options.train_step()
+    self.step = step.lower(self.state, self.batch, self.aux).compile(compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - t0
     self.flops = throughput.step_flops(
         lambda t: train.make_train_step(t, tx, lr, config),

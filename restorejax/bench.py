@@ -17,6 +17,8 @@ CPUs the process may use, so `taskset -c 0` compares one core with one), alterna
 round's step times printed, and the speed ratio restorejax / PyTorch (PyTorch step time / ours; above 1:
 ours is faster). The PyTorch side gets ready-made float batches; ours also synthesises the degradation on
 the device, as training does. Needs torch (the `convert` extra).
+Give the GoPro shape `--warmup=2` or more: its first steps after compiling grow glibc's heap (~475k page
+faults each, BENCHMARKS.md), which is start-up, not the step.
 `data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
 (images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
 restorejax/data/pipeline_bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to

@@ -17,6 +17,8 @@ CPUs the process may use, so `taskset -c 0` compares one core with one), alterna
 round's step times printed, and the speed ratio restorejax / PyTorch (PyTorch step time / ours; above 1:
 ours is faster). The PyTorch side gets ready-made float batches; ours also synthesises the degradation on
 the device, as training does. Needs torch (the `convert` extra).
+Give the GoPro shape `--warmup=2` or more: its first steps after compiling grow glibc's heap (~475k page
+faults each, BENCHMARKS.md), which is start-up, not the step.
 `data`: triples/s of the host input pipeline and of the on-device degradation, and the config's train step
 (images/s) measured alongside, with the ratios host / step for the first epoch and the second (see
 restorejax/data/pipeline_bench.py); `--nostep_alongside` leaves the step out (a config whose step is too big to
@@ -41,7 +43,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from restorejax import allocator, cli, optim, sharding, tasks, throughput, train
+from restorejax import allocator, cli, compile_options, optim, sharding, tasks, throughput, train
 from restorejax.data import pipeline_bench
 from restorejax.data import pipeline
 from restorejax.models import convs
@@ -65,9 +67,13 @@ def define_flags() -> None:
 
 
 class StepBench:
-  """One config's train step, compiled with the trainer's own shardings, on synthetic host batches."""
+  """One config's train step, compiled with the trainer's own shardings, on synthetic host batches.
 
-  def __init__(self, config):
+  `compiler_options` (XLA options) compile this step only, so two StepBenches in one process A/B an XLA
+  option on the whole step, alternated; None: the trainer's own (`compile_options.train_step()`).
+  """
+
+  def __init__(self, config, compiler_options: dict | None = None):
     self.config = config
     mesh = sharding.mesh(config)
     batch_sh = sharding.batch_sharding(config, mesh)
@@ -87,7 +93,9 @@ class StepBench:
             else np.arange(v.size, dtype=v.dtype).reshape(v.shape) for k, v in host.items()}
     self.batch = sharding.host_to_global(host, batch_sh)
     t0 = time.perf_counter()
-    self.step = step.lower(self.state, self.batch, self.aux).compile()
+    if compiler_options is None:  # what the trainer compiles with
+      compiler_options = compile_options.train_step()
+    self.step = step.lower(self.state, self.batch, self.aux).compile(compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - t0
     self.flops = throughput.step_flops(
         lambda t: train.make_train_step(t, tx, lr, config),

@@ -26,7 +26,7 @@ from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from restorejax import checkpoint, optim, reporting, sharding, tasks, throughput
+from restorejax import checkpoint, compile_options, optim, reporting, sharding, tasks, throughput
 from restorejax.data import batches, pipeline
 from restorejax.models import fusion
 
@@ -393,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       host_spec)
   t0 = time.time()
   lowered = train_step.lower(abstract, batch_spec, aux)
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compile_options.train_step())
   compile_s = time.time() - t0
   flops = throughput.flops_per_device(  # from `lowered`; a network that scans is counted unrolled
       lowered, task, lambda t: make_train_step(t, tx, lr_schedule, config),

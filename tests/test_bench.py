@@ -47,6 +47,15 @@ def test_step_bench_prints_figures_and_ratios_as_json(tmp_path):
   assert json.loads(proc.stdout[proc.stdout.index("{"):])["machine"]["devices"] == 1
 
 
+def test_step_bench_passes_its_compiler_options_to_xla():
+  """StepBench(config, compiler_options=...) is how an XLA option is A/B'd on the whole step in one
+  process: an option XLA does not know must fail the compile, so the options do reach it."""
+  from configs import default
+  from restorejax import bench
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    bench.StepBench(default.get_config("tiny"), compiler_options={"xla_no_such_option": True})
+
+
 def test_step_against_pytorch_alternates_rounds_and_prints_the_speed_ratio(tmp_path):
   pytest.importorskip("torch")
   out = tmp_path / "against.json"

@@ -102,7 +102,9 @@ def restoration_data(degrade: dict, *, eval_num_images: int = 32, scale: Optiona
       # Priors: the source's prior goes into batches only with use_prior (False: the no-prior ablation).
       # A source without priors gets simulated ones (from the target, on the device) when enabled.
       "use_prior": True,
-      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6)},
+      # geometry=False: simulated priors without their view change and displaced patch (tone and texture
+      # only; a diagnostic of how much of a prior's harm is misalignment).
+      "simulated_prior": {"enabled": False, "severity": (0.2, 0.6), "geometry": True},
       # Other sources (see restorejax/data/pipeline.py); `source` picks one.
       "records": {"path": "", "eval_path": "", "tasks": ()},
       "tfds": {"name": "", "config": "", "split": "train", "eval_split": "test", "data_dir": "", "keys": ""},

@@ -114,11 +114,14 @@ def displace_patch(image: jnp.ndarray, centre, size, shift) -> jnp.ndarray:
   return image * (1.0 - mask) + moved * mask
 
 
-def simulate_prior(key: jax.Array, target: jnp.ndarray, severity, *, displace: bool = True) -> jnp.ndarray:
+def simulate_prior(key: jax.Array, target: jnp.ndarray, severity, *, displace: bool = True,
+                   geometry: bool = True) -> jnp.ndarray:
   """A simulated generative prior of `target` (HWC in [0, 1]); `severity` in [0, 1], 0 = identity.
 
   Order: object displacement (in the scene), one resample for view + aspect change, global tone (and a
-  relight from severity 0.5 up), then texture on the final grid.
+  relight from severity 0.5 up), then texture on the final grid. `geometry=False` skips the displacement
+  and the view change (the prior then differs from the target in tone and texture only); the random draws
+  are the same either way, so the tone and texture match those of the misaligned prior of the same key.
   """
   h, w, _ = target.shape
   s = jnp.clip(jnp.asarray(severity, jnp.float32), 0.0, 1.0)
@@ -126,14 +129,15 @@ def simulate_prior(key: jax.Array, target: jnp.ndarray, severity, *, displace: b
   u = jax.random.uniform(k_u, (20,), minval=-1.0, maxval=1.0)  # one draw for every scalar
   side = jnp.float32(min(h, w))
   x = target
-  if displace:
+  if displace and geometry:
     size = (0.15 + 0.1 * u[0]) * jnp.array([h, w], jnp.float32)
     centre = jnp.array([h, w], jnp.float32) * (0.5 + 0.3 * u[1:3])
     x = displace_patch(x, centre, size, 0.25 * s * side * u[3:5])
   m = homography((h, w), scale=jnp.exp(0.15 * s * u[5]), angle=8.0 * s * u[6],
                  shift=0.08 * s * u[7:9] * jnp.array([h, w], jnp.float32),
                  perspective=0.06 * s * u[9:11], aspect=jnp.exp(0.3 * s * u[11]))
-  x = warp(x, m)
+  if geometry:
+    x = warp(x, m)
   x = tone_shift(x, exposure=0.6 * s * u[12], white_balance=jnp.exp(0.2 * s * u[13:16]),
                  gamma=jnp.exp(0.3 * s * u[16]), saturation=jnp.exp(0.5 * s * u[17]))
   x = relight(x, 0.475 + 0.125 * u[18], jnp.clip(2.0 * s - 1.0, 0.0, 1.0))

@@ -26,6 +26,11 @@ misaligned, re-toned, partly hallucinated, and missing for some examples. Modes:
   after every stage where 'sft' modulates, the `PriorEncoder` features at that scale are warped by the flow
   and added through a gated residual whose value conv starts at zero (identity at initialisation; zero for
   an absent prior whatever the weights). Built for shifted, rescaled, re-toned priors.
+- 'align': registration (restorejax/models/fusion_align.py): per example, a homography from the degraded
+  image to the prior by ECC (coarse-to-fine Gauss-Newton on blurred, normalised luminance; no learned
+  parameters), the prior's pixels resampled by it, and [registered prior, in-bounds mask, correlation]
+  added at the first 'sft' hook through a small conv branch whose last conv starts at zero (identity at
+  initialisation; zero for an absent prior). 'concat' after undoing the prior's global view change.
 
 Absent priors. `model(degraded, prior=None, prior_mask=None)`: `prior=None` means absent for the whole
 batch; `prior_mask` (B,) bool marks per example which priors are present (None: all present). An absent
@@ -43,12 +48,12 @@ Hook points (the prior encoder runs on the prior padded as the backbone pads its
              scale (the RRDB trunk is one scanned stage)
   DehazeNet  'concat' only: a 4-layer CNN regressing one transmission map has no feature stages to
              modulate, and its output is the physics inversion of the degraded image alone.
-'match' uses the hooks of 'sft'.
-'sft', 'xattn' and 'match' accept a prior of any size (resized to the degraded input's grid); 'concat' needs
-the degraded image's height and width. Every fusion parameter outside the first conv lives at the top of
-the params tree under a name starting with `fusion_` (`fusion_encoder`, `fusion_sft_<stage>`,
-`fusion_xattn`, `fusion_match`, `fusion_match_<stage>`), so backbone parameters (official, converted, or
-trained without a prior) carry over unchanged.
+'match' uses the hooks of 'sft'; 'align' the first of them.
+'sft', 'xattn', 'match' and 'align' accept a prior of any size (resized to the degraded input's grid);
+'concat' needs the degraded image's height and width. Every fusion parameter outside the first conv lives
+at the top of the params tree under a name starting with `fusion_` (`fusion_encoder`, `fusion_sft_<stage>`,
+`fusion_xattn`, `fusion_match`, `fusion_match_<stage>`, `fusion_align_inject`), so backbone parameters
+(official, converted, or trained without a prior) carry over unchanged.
 """
 
 import dataclasses
@@ -60,10 +65,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from restorejax.models import convs, fusion_match, restorer
+from restorejax.models import convs, fusion_align, fusion_match, restorer
 from restorejax.models.torch_compat import TORCH_INIT, leaky_relu
 
-FUSIONS = ("none", "concat", "sft", "xattn", "match")
+FUSIONS = ("none", "concat", "sft", "xattn", "match", "align")
 PREFIX = "fusion_"  # every fusion parameter tree outside the first conv starts with it
 
 
@@ -282,6 +287,7 @@ class Fusion:
   feats: Optional[list] = None
   degraded: Optional[jnp.ndarray] = None  # 'match': the degraded image, matched against the prior
   match: Optional[tuple] = None           # 'match': (flow, confidence) from `encode`
+  aligned: Optional[jnp.ndarray] = None   # 'align': [registered prior, in-bounds, correlation], padded
 
   @classmethod
   def of(cls, module: restorer.Restorer, network: str, degraded: jnp.ndarray, prior, prior_mask, *,
@@ -289,7 +295,7 @@ class Fusion:
          why: str = "") -> "Fusion":
     """From the network's shared fields (`restorer.Restorer`, `restorer.FeatureFusionRestorer`)."""
     check(module.fusion, network, supported, why)
-    if module.fusion in ("sft", "xattn", "match"):
+    if module.fusion in ("sft", "xattn", "match", "align"):
       if module.fusion_width < 1 or module.fusion_heads < 1:
         raise ValueError(f"model.fusion_width {module.fusion_width} and model.fusion_heads "
                          f"{module.fusion_heads} must be positive")
@@ -305,7 +311,7 @@ class Fusion:
     else:  # a network without feature stages supports no mode that reads them
       width, heads, scale = 0, 0, 1
     return cls(module.fusion, p, present, width, heads, scale, jnp.dtype(module.dtype), module.remat,
-               degraded=degraded.astype(jnp.float32) if module.fusion == "match" else None)
+               degraded=degraded.astype(jnp.float32) if module.fusion in ("match", "align") else None)
 
   def concat(self, x: jnp.ndarray) -> jnp.ndarray:
     """The first conv's input `x` (unpadded, the degraded image's grid) with the prior channels in 'concat'."""
@@ -318,7 +324,11 @@ class Fusion:
 
   def encode(self, pad: Callable[[jnp.ndarray], jnp.ndarray], deepest: int) -> None:
     """Runs the prior encoder on `pad(prior input)` down to the backbone's `deepest` level (sft) or the
-    attention tokens' level (xattn, whose hook is always at the deepest level)."""
+    attention tokens' level (xattn, whose hook is always at the deepest level); in 'align', registers
+    the prior onto the degraded image (`fusion_align.align`, on the unpadded grid) instead."""
+    if self.mode == "align":
+      self.aligned = pad(fusion_align.align(self.degraded, self.prior[..., :-1]))
+      return
     if self.mode not in ("sft", "xattn", "match"):
       return
     levels = self.token_level(deepest) if self.mode == "xattn" else deepest
@@ -331,7 +341,14 @@ class Fusion:
 
   def modulate(self, x: jnp.ndarray, level: int, stage: str) -> jnp.ndarray:
     """After a backbone stage at `level` (1/2**level of the padded input): SFT in 'sft', the matched
-    prior's gated transfer in 'match'."""
+    prior's gated transfer in 'match', the registered prior added at the first hook in 'align'."""
+    if self.mode == "align":
+      if self.aligned is None:  # after the first hook
+        return x
+      cls = nn.remat(fusion_align.Inject) if self.remat else fusion_align.Inject
+      x = cls(self.width, self.dtype, name=f"{PREFIX}align_inject")(x, self.aligned, self.present)
+      self.aligned = None
+      return x
     if self.mode == "match":
       return fusion_match.Transfer(self.dtype, name=f"{PREFIX}match_{stage}")(
           x, self.feats[level], *self.match, self.present)

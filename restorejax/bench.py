@@ -323,12 +323,10 @@ def fusion_costs(config) -> dict:
       params_unrolled = params
     forward = lambda p, a, b, m=model: m.apply({"params": p}, a, b)
     loss = lambda p, a, b, m=model: jnp.mean(jnp.abs(m.apply({"params": p}, a, b) - a))
-    out[mode] = {
-        "params": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)),
-        "gflops_forward": throughput._flops(jax.jit(forward).lower(params_unrolled, x, x).cost_analysis()) / 1e9,  # pylint: disable=protected-access
-        "gflops_forward_backward": throughput._flops(  # pylint: disable=protected-access
-            jax.jit(jax.value_and_grad(loss)).lower(params_unrolled, x, x).cost_analysis()) / 1e9,
-    }
+    gflops = lambda f: throughput._flops(  # pylint: disable=protected-access
+        jax.jit(f).lower(params_unrolled, x, x).cost_analysis()) / 1e9
+    out[mode] = {"params": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)),
+                 "gflops_forward": gflops(forward), "gflops_forward_backward": gflops(jax.value_and_grad(loss))}
   base = out["none"]
   for figures in out.values():
     if "params" in figures:
@@ -345,12 +343,13 @@ def bench_fusion() -> dict:
           "| --- | ---: | ---: | ---: | ---: |"]
   for mode, f in results["modes"].items():
     rows.append(f"| {mode} | unsupported | | | |" if "params" not in f else
-                f"| {mode} | {f['params']:,} | {f['gflops_forward']:.2f} | {f['gflops_forward_backward']:.2f} | "
-                f"{f['ratio_vs_none']:.2f}x |")
+                f"| {mode} | {f['params']:,} | {f['gflops_forward']:.2f} | "
+                f"{f['gflops_forward_backward']:.2f} | {f['ratio_vs_none']:.2f}x |")
   if FLAGS.check:
     results["registration"] = reg = registration.check(config, crop=FLAGS.crop)
-    rows += ["", f"Normalised error from the target ({reg['images']} held-out {reg['crop']}x{reg['crop']} crops):",
-             "", "| severity | prior as is | registered ('align') | noisy input |", "| ---: | ---: | ---: | ---: |"]
+    side = reg["crop"]
+    rows += ["", f"Normalised error from the target ({reg['images']} held-out {side}x{side} crops):", "",
+             "| severity | prior as is | registered ('align') | noisy input |", "| ---: | ---: | ---: | ---: |"]
     rows += [f"| {s} | {e['prior']:.3f} | {e['registered']:.3f} | {e['input']:.3f} |"
              for s, e in reg["severities"].items()]
   results["machine"] = {"device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}

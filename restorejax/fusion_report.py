@@ -123,7 +123,8 @@ def cells(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, float], di
   for r in rows:
     if r[f"{metric}_gain"] is not None:
       values.setdefault((r["mode"], r["severity"]), []).append(r[f"{metric}_gain"])
-  return {k: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)} for k, v in values.items()}
+  return {k: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}
+          for k, v in values.items()}
 
 
 def _cell(c: Optional[dict[str, float]], digits: int) -> str:
@@ -250,7 +251,8 @@ def report(sweep_dir: str, out: Optional[str] = None) -> tuple[str, list[dict[st
   with open(out + ".md", "w", encoding="utf-8") as f:
     f.write(text)
   write_csv(out + ".csv", rows)
-  line_chart(out + ".png", rows, f"Prior fusion against prior severity: {os.path.basename(os.path.normpath(sweep_dir))}")
+  name = os.path.basename(os.path.normpath(sweep_dir))
+  line_chart(out + ".png", rows, f"Prior fusion against prior severity: {name}")
   return text, rows
 
 

@@ -96,7 +96,8 @@ def test_an_empty_or_missing_sweep_is_one_line_naming_the_path(tmp_path, capsys)
   os.makedirs(d / "none_s0")  # started, not finished
   assert fusion_report.main([str(d)]) == 2
   err = capsys.readouterr().err
-  assert err.startswith(f"restorejax.fusion_report: error: {d}: no none_s<seed>/summary.json") and err.count("\n") == 1
+  assert err.startswith(f"restorejax.fusion_report: error: {d}: no none_s<seed>/summary.json")
+  assert err.count("\n") == 1
 
 
 def test_a_sweep_with_only_the_baselines_finished_says_so(tmp_path):
@@ -124,7 +125,8 @@ def test_the_sweep_files_variant_names_parse_back(arg):
     assert overrides["data.simulated_prior.severity"] == (severity, severity)
     seen.add(mode)
   assert seen <= set(prior_severity.MODES)
-  assert fusion_report.parse_variant("none_s0") is None and fusion_report.parse_baseline("align_sev0_s0") is None
+  assert fusion_report.parse_variant("none_s0") is None
+  assert fusion_report.parse_baseline("align_sev0_s0") is None
   assert fusion_report.parse_variant("results.md") is None
 
 

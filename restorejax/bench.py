@@ -4,6 +4,7 @@
   python -m restorejax.bench step --against=pytorch [--config=configs/default.py] [--shapes=config,gopro]
   python -m restorejax.bench data --config=configs/default.py
   python -m restorejax.bench convs --config=configs/default.py
+  python -m restorejax.bench fusion [--config=configs/default.py] [--crop=64] [--nocheck]
 
 `step`: compile time, step time (median of timed steps after warm-up), images/s, images/s/device,
 FLOPs per step (XLA cost analysis) and MFU when the device's peak is known. With `--baseline`, the same
@@ -25,6 +26,16 @@ restorejax/data/pipeline_bench.py); `--nostep_alongside` leaves the step out (a 
 compile here).
 `convs`: forward+backward time of Flax's 1x1 and depthwise `nn.Conv` against `restorejax.models.convs`
 at the config's batch, patch and 2x width (why the networks use the latter).
+`fusion`: per prior fusion mode (`models.fusion.FUSIONS`) of the config's network (default
+configs/default.py): parameters, and GFLOPs of the forward and of forward+backward (L1 loss) for a batch of
+8 64x64 patches with a prior, from XLA's cost analysis of the lowered programs (machine-independent; a
+scanning network is counted unrolled, so its repeated blocks all count; XLA counts a loop body once, so the
+ECC iterations of 'align', forward only, count once per pyramid level), with the ratios to 'none'. Then the
+registration check (restorejax/evaluation/registration.py): on the held-out set's `--crop` centre crops,
+degraded as evaluation degrades them, with priors of severity 0, 0.2, 0.4, 0.6, the normalised error
+(tone-invariant; definition in the JSON) from the target of the prior as is, of the prior registered by
+`fusion_align.align`, and of the noisy input. Prints markdown tables, then the JSON; `--nocheck` leaves the
+check out.
 Also installed as `restorejax-bench`. Record results in BENCHMARKS.md with the command, machine and date.
 """
 
@@ -43,10 +54,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from restorejax import allocator, cli, compile_options, optim, sharding, tasks, throughput, train
+from restorejax import allocator, cli, compile_options, models, optim, sharding, tasks, throughput, train
 from restorejax.data import pipeline_bench
 from restorejax.data import pipeline
-from restorejax.models import convs
+from restorejax.evaluation import registration
+from restorejax.models import convs, fusion
 
 FLAGS = flags.FLAGS
 PROG = "restorejax.bench"
@@ -64,6 +76,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("against", None, ["pytorch"], "step: also time the same NAFNet in PyTorch, alternated.")
     flags.DEFINE_list("shapes", ["config", "gopro"], "step --against: NAFNet shapes to compare (config, gopro).")
     flags.DEFINE_bool("step_alongside", True, "data: also time the config's train step and print host / step.")
+    flags.DEFINE_integer("crop", 64, "fusion: side of the held-out centre crops of the registration check.")
+    flags.DEFINE_bool("check", True, "fusion: also run the registration check (--nocheck: costs only).")
 
 
 class StepBench:
@@ -284,7 +298,66 @@ def bench_data() -> dict:
   return pipeline_bench.run(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, step=step)
 
 
-COMMANDS = {"step": bench_step, "data": bench_data, "convs": bench_convs}
+FUSION_BATCH, FUSION_PATCH = 8, 64
+
+
+def fusion_costs(config) -> dict:
+  """Per fusion mode: parameters, GFLOPs forward and forward+backward (L1), ratios to 'none' (module doc)."""
+  c = config.model.channels if "channels" in config.model else 3
+  x = jax.ShapeDtypeStruct((FUSION_BATCH, FUSION_PATCH, FUSION_PATCH, c), jnp.float32)
+  out = {}
+  for mode in fusion.FUSIONS:
+    cfg = config.model.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.fusion = mode
+    try:
+      model = models.build(cfg)
+      params = jax.eval_shape(model.init, jax.random.key(0), x, x)["params"]
+    except ValueError as e:  # a mode the network does not support
+      out[mode] = {"unsupported": str(e)}
+      continue
+    if getattr(model, "scan", False):  # XLA counts a scanned body once: count the same network unrolled
+      model = model.clone(scan=False)
+      params_unrolled = jax.eval_shape(model.init, jax.random.key(0), x, x)["params"]
+    else:
+      params_unrolled = params
+    forward = lambda p, a, b, m=model: m.apply({"params": p}, a, b)
+    loss = lambda p, a, b, m=model: jnp.mean(jnp.abs(m.apply({"params": p}, a, b) - a))
+    gflops = lambda f: throughput._flops(  # pylint: disable=protected-access
+        jax.jit(f).lower(params_unrolled, x, x).cost_analysis()) / 1e9
+    out[mode] = {"params": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)),
+                 "gflops_forward": gflops(forward), "gflops_forward_backward": gflops(jax.value_and_grad(loss))}
+  base = out["none"]
+  for figures in out.values():
+    if "params" in figures:
+      figures["ratio_forward_vs_none"] = figures["gflops_forward"] / base["gflops_forward"]
+      figures["ratio_vs_none"] = figures["gflops_forward_backward"] / base["gflops_forward_backward"]
+  return out
+
+
+def bench_fusion() -> dict:
+  config = FLAGS.config if FLAGS.config is not None else load_config(default_config_path())
+  results = {"model": config.model.name, "batch_size": FUSION_BATCH,
+             "patch_size": FUSION_PATCH, "modes": fusion_costs(config)}
+  rows = ["| fusion | params | GFLOPs forward | GFLOPs forward + backward (L1) | vs none |",
+          "| --- | ---: | ---: | ---: | ---: |"]
+  for mode, f in results["modes"].items():
+    rows.append(f"| {mode} | unsupported | | | |" if "params" not in f else
+                f"| {mode} | {f['params']:,} | {f['gflops_forward']:.2f} | "
+                f"{f['gflops_forward_backward']:.2f} | {f['ratio_vs_none']:.2f}x |")
+  if FLAGS.check:
+    results["registration"] = reg = registration.check(config, crop=FLAGS.crop)
+    side = reg["crop"]
+    rows += ["", f"Normalised error from the target ({reg['images']} held-out {side}x{side} crops):", "",
+             "| severity | prior as is | registered ('align') | noisy input |", "| ---: | ---: | ---: | ---: |"]
+    rows += [f"| {s} | {e['prior']:.3f} | {e['registered']:.3f} | {e['input']:.3f} |"
+             for s, e in reg["severities"].items()]
+  results["machine"] = {"device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}
+  print("\n".join(rows) + "\n", flush=True)
+  return results
+
+
+COMMANDS = {"step": bench_step, "data": bench_data, "convs": bench_convs, "fusion": bench_fusion}
 
 
 def main(argv: list[str]) -> None:
@@ -292,7 +365,7 @@ def main(argv: list[str]) -> None:
     print(f"usage: python -m restorejax.bench {{{'|'.join(COMMANDS)}}} --config=FILE[:variant] ...",
           file=sys.stderr)
     sys.exit(2)
-  if FLAGS.config is None and not (argv[1] == "step" and FLAGS.against):
+  if FLAGS.config is None and not (argv[1] == "step" and FLAGS.against) and argv[1] != "fusion":
     cli.fail("--config is required", PROG)
   allocator.keep_freed_memory()  # as the trainer does (restorejax/main.py); both sides of --against share it
   try:

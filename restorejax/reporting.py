@@ -138,3 +138,12 @@ def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(dict(summary), f, indent=2, sort_keys=True)
+
+
+def read_summary(workdir: str) -> dict[str, Any] | None:
+  """The run's `summary.json` (what `write_summary` wrote), or None when the run has not finished."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

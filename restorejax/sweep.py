@@ -20,7 +20,6 @@ import argparse
 import csv
 import importlib.util
 import io
-import json
 import os
 import shlex
 import subprocess
@@ -29,6 +28,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from restorejax import reporting
 
 METRICS = ("eval/psnr", "eval/ssim", "eval/input_psnr", "eval/input_ssim")
 # LPIPS (AlexNet) / NIQE: in a summary when the run's config.eval.perceptual is on and the extra installed.
@@ -106,11 +107,9 @@ def gather(workdir: str, variants) -> list[dict[str, Any]]:
   """One row per variant with a summary.json (in sweep order)."""
   rows = []
   for name, overrides in variants:
-    path = os.path.join(workdir, name, "summary.json")
-    if not os.path.exists(path):
+    summary = reporting.read_summary(os.path.join(workdir, name))
+    if summary is None:
       continue
-    with open(path) as f:
-      summary = json.load(f)
     row = {"variant": name, "overrides": " ".join(f"{k}={flag_value(v)}" for k, v in overrides.items())}
     row.update({k: summary.get(k) for k in COLUMNS if k in summary})
     rows.append(row)

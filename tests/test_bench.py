@@ -125,3 +125,55 @@ def test_gpu_bench_dry_runs_the_nafnet_and_diffloss_cases_on_the_cpu(tmp_path):
 def test_gpu_bench_without_a_gpu_says_so():
   from restorejax import bench_gpu  # pylint: disable=g-import-not-at-top
   assert bench_gpu.main(["--out=/nonexistent/x.json"]) == 2
+
+
+def test_fusion_bench_counts_each_mode_and_registration_lowers_the_priors_error(tmp_path):
+  """`bench fusion` on the tiny config (32x32 held-out crops): 'none' is the unit, 'match' costs more than
+  'concat', the parameter counts are those of the initialised networks, and registering the prior brings it
+  closer to the target at severity 0.4 while an aligned prior (severity 0) stays where it is."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from restorejax import models  # pylint: disable=g-import-not-at-top
+  from restorejax.models import fusion  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "fusion.json"
+  tiny = f"{ROOT}/configs/default.py:tiny"
+  proc = subprocess.run([sys.executable, "-m", "restorejax.bench", "fusion", f"--config={tiny}", "--crop=32",
+                         f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(out.read_text())
+  assert json.loads(proc.stdout[proc.stdout.index("{"):]) == figures
+  assert "| none | " in proc.stdout and "| 0.4 | " in proc.stdout  # the readable tables
+  modes = figures["modes"]
+  assert set(modes) == set(fusion.FUSIONS)
+  assert modes["none"]["ratio_vs_none"] == 1.0 and modes["none"]["ratio_forward_vs_none"] == 1.0
+  assert modes["match"]["ratio_vs_none"] > modes["concat"]["ratio_vs_none"] > 1.0
+  for mode, f in modes.items():
+    assert f["gflops_forward_backward"] > 2 * f["gflops_forward"] > 0, mode
+  config = default.get_config("tiny")
+  x = np.zeros((8, 64, 64, 3), np.float32)
+  for mode in fusion.FUSIONS:
+    cfg = config.model.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.fusion = mode
+    params = models.build(cfg).init(jax.random.key(0), x, x)["params"]
+    assert modes[mode]["params"] == sum(leaf.size for leaf in jax.tree.leaves(params)), mode
+  reg = figures["registration"]
+  assert reg["images"] == 8 and reg["crop"] == 32 and "z(x)_c" in reg["definition"]
+  errors = reg["severities"]
+  assert list(errors) == ["0", "0.2", "0.4", "0.6"]
+  assert errors["0"]["prior"] < 1e-6 and errors["0"]["registered"] < 0.02
+  assert errors["0.4"]["registered"] < 0.75 * errors["0.4"]["prior"]
+  assert errors["0.2"]["prior"] < errors["0.4"]["prior"] < errors["0.6"]["prior"]
+  assert len({round(e["input"], 9) for e in errors.values()}) == 1 and errors["0"]["input"] > 0.05
+
+
+def test_fusion_bench_normalised_error_ignores_tone_and_counts_misplacement():
+  from restorejax.evaluation import registration  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  t = rng.uniform(size=(2, 16, 16, 3))
+  np.testing.assert_allclose(registration.normalised_error(0.5 * t + 0.2, t), 0.0, atol=1e-12)
+  shifted = np.roll(t, 3, axis=2)
+  rho = np.mean([np.corrcoef(shifted[0, ..., c].ravel(), t[0, ..., c].ravel())[0, 1] for c in range(3)])
+  assert registration.normalised_error(shifted, t)[0] == pytest.approx(2 * (1 - rho))
+  flat = np.full_like(t, 0.3)  # a flat channel counts as uncorrelated: z = 0, error = mean(z(t)^2) = 1
+  np.testing.assert_allclose(registration.normalised_error(flat, t), 1.0)

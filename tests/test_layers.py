@@ -1,6 +1,6 @@
 """The house: each layer imports only the layers below it (read off the import graph, without importing).
 
-    commands      main, evaluate, restore, gir_report, sweep, bench, ... (`python -m` entry points)
+    commands      main, evaluate, restore, gir_report, sweep, fusion_report, bench, ... (`python -m` entry points)
     cli           what every command shares
     trainer       train, throughput
     tasks         what is trained: network + loss + its evaluator
@@ -31,7 +31,7 @@ RANKS = {"base": 0, "models": 1, "diffusion": 1, "data": 1, "bench_torch": 1, "r
          "commands": 6}
 BASE = ("sharding", "checkpoint", "optim", "distributed", "allocator", "compile_options")
 COMMANDS = ("main", "evaluate", "restore", "sweep", "bench", "bench_gpu", "cascade", "sr3_compare", "pod_check", "gir_report",
-            "make_priors", "convert.__main__")
+            "make_priors", "fusion_report", "convert.__main__")
 
 
 def _modules():

@@ -10,10 +10,9 @@ peak rate (1e-3 instead of 3e-4) for a run of minutes rather than 300k iteration
 Run:
   python -m restorejax.main --config=configs/restormer.py --workdir=runs/restormer
   (or --config=configs/default.py:model=restormer, the same config)
-Expect on a 2-core CPU: not measured at the default 1500 steps (too slow beside other jobs). A shortened
-run (--config.total_steps=300 --config.eval_every=100, nice 19 beside other jobs, load 7 to 13,
-2026-12-05; RESULTS.md "Restormer") reached eval/psnr 19.88 / 20.14 dB at steps 100 / 200 against the
-degraded input's 18.35 dB, at 0.25 steps/s after a 849 s compile.
+Measured (RESULTS.md, "Restormer"; 2-core CPU shared with other jobs, load 2 to 7.5, 2026-12-07):
+eval/psnr 21.12 dB (SSIM 0.807) against the degraded input's 18.35 dB (0.656) after the default 600
+steps, +2.77 dB; 20.17 / 20.95 dB at steps 200 / 400; 2307 s wall (compile 49 s, 2.2 images/s).
 
 Variants (after a colon):
   configs/restormer.py:tiny   dim 8, blocks (1, 0, 0, 1), configs/default.py:tiny's data and 60 steps;
@@ -36,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = models.default_config("restormer")
     c.model.update(dim=16, num_blocks=(1, 2, 2, 4), num_refinement_blocks=1, heads=(1, 2, 4, 8))
     c.optim.update(lr=1e-3, b2=0.999)
+    if variant == "default":  # a run of about 40 minutes on a 2-core CPU (measured above)
+      c.update(total_steps=600, eval_every=200, checkpoint_every=200)
     if variant == "tiny":
       c.model.update(dim=8, num_blocks=(1, 0, 0, 1), num_refinement_blocks=0, heads=(1, 1, 1, 1))
   return c

@@ -6,15 +6,16 @@ conventions (Y channel, crop_border = 4); `eval/bicubic_psnr` is the bicubic-ups
 
 Run:
   python -m restorejax.main --config=configs/rrdbnet.py --workdir=runs/rrdbnet_x4
-Measured (RESULTS.md, "Super-resolution"; 2-core CPU shared with other jobs, load 7 to 13, 2026-12-05):
-eval/psnr 18.36 dB against eval/bicubic_psnr 17.36 dB (+0.99 dB; Y, crop_border 4; SSIM 0.639 vs 0.502)
-in 2285 s wall; 0.007 dB short of +1 dB. The bicubic skip (`model.bicubic_skip`) gave +0.48 dB at step
-100 of a probe and +0.12 dB at step 1000 over the same network without it (18.24 dB). 64x64 patches,
-lr 6e-3, L2, whole images and 3 RRDBs did no better in probes; lr 8e-3 diverges.
+Measured (RESULTS.md, "Super-resolution"; 2-core CPU shared with other jobs, load 2 to 7.5, 2026-12-07):
+eval/psnr 18.40 dB against eval/bicubic_psnr 17.36 dB (+1.04 dB; Y, crop_border 4; SSIM 0.645 vs
+0.502) in 2283 s wall; +1 dB was passed between steps 1000 (18.37) and 1250 (18.40). The bicubic skip
+(`model.bicubic_skip`) gave +0.48 dB at step 100 of a probe and +0.12 dB at step 1000 over the same network
+without it. 64x64 patches, lr 6e-3, L2, whole images and 3 RRDBs did no better in probes; lr 8e-3
+diverges.
 
 Variants (after a colon):
   configs/rrdbnet.py           the default: 32 features, 2 RRDBs, growth 16, bicubic skip, 48x48 HR
-                               (12x12 LR) patches, batch 8, 1000 steps, AdamW peak lr 4e-3 (warmup 50,
+                               (12x12 LR) patches, batch 8, 1500 steps, AdamW peak lr 4e-3 (warmup 50,
                                cosine).
   configs/rrdbnet.py:tiny      8 features, 1 RRDB, growth 8, 32x32 HR patches, 20 steps, lr 2e-3: for tests.
 ESRGAN's own generator (RRDB_PSNR_x4: 64 features, 23 RRDBs, growth 32) is a few overrides away:
@@ -35,7 +36,7 @@ VARIANTS = ("default", "tiny")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, source="configs/rrdbnet.py", variants=VARIANTS).variant
   scale = 4
-  c = common.run(total_steps=1000, log_every=50, eval_every=200, checkpoint_every=200)
+  c = common.run(total_steps=1500, log_every=50, eval_every=250, checkpoint_every=250)
 
   c.model = models.default_config("rrdbnet")
   # bicubic_skip: the network learns the residual over bicubic upsampling (+0.48 dB at step 100 of a probe)

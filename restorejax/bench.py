@@ -84,10 +84,12 @@ class StepBench:
   """One config's train step, compiled with the trainer's own shardings, on synthetic host batches.
 
   `compiler_options` (XLA options) compile this step only, so two StepBenches in one process A/B an XLA
-  option on the whole step, alternated; None: the trainer's own (`compile_options.train_step()`).
+  option on the whole step, alternated; None: the trainer's own (`compile_options.train_step()`). `flat`
+  likewise A/Bs the optimizer's flat update (`train.make_train_step`); None: the trainer's choice
+  (`train.flat_update_applies`).
   """
 
-  def __init__(self, config, compiler_options: dict | None = None):
+  def __init__(self, config, compiler_options: dict | None = None, flat: bool | None = None):
     self.config = config
     mesh = sharding.mesh(config)
     batch_sh = sharding.batch_sharding(config, mesh)
@@ -97,7 +99,8 @@ class StepBench:
     init_fn, _, state_sh = train.abstract_state(task, tx, config, mesh)
     aux_sh = sharding.param_shardings(task.aux, config, mesh)
     self.aux = sharding.replicated_to_global(task.aux, aux_sh)
-    step = jax.jit(train.make_train_step(task, tx, lr, config),
+    flat = train.flat_update_applies(mesh) if flat is None else flat
+    step = jax.jit(train.make_train_step(task, tx, lr, config, flat=flat),
                    in_shardings=(state_sh, batch_sh, aux_sh), out_shardings=(state_sh, repl),
                    donate_argnums=(0,))
     self.state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
@@ -112,7 +115,7 @@ class StepBench:
     self.step = step.lower(self.state, self.batch, self.aux).compile(compiler_options=compiler_options)
     self.compile_s = time.perf_counter() - t0
     self.flops = throughput.step_flops(
-        lambda t: train.make_train_step(t, tx, lr, config),
+        lambda t: train.make_train_step(t, tx, lr, config, flat=flat),
         lambda t: train.init_state(t, tx, jax.random.PRNGKey(0)),
         task, self.batch, self.aux) / jax.device_count()
     self.peak = throughput.peak_flops(override=config.peak_flops_per_device)

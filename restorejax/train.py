@@ -26,7 +26,8 @@ from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from restorejax import checkpoint, compile_options, optim, reporting, sharding, tasks, throughput
+from restorejax import (checkpoint, compile_options, flat_update, optim, reporting, sharding, tasks,
+                        throughput)
 from restorejax.data import batches, pipeline
 from restorejax.models import fusion
 
@@ -50,30 +51,56 @@ class TrainState:
 # Step functions.
 # ----------------------------------------------------------------------------------------------------
 
+def flat_update_applies(mesh: jax.sharding.Mesh) -> bool:
+  """Whether the train step does the optimizer's work on flat vectors (`restorejax.flat_update`): on a
+  mesh of one device only; larger meshes shard the parameters leaf by leaf."""
+  return mesh.size == 1
+
+
 def make_train_step(task: tasks.Task, tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict) -> Callable:
-  """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
+                    config: ml_collections.ConfigDict, flat: bool = False) -> Callable:
+  """`train_step(state, batch, aux) -> (state, metrics)`; a non-finite loss or gradient skips the update.
+
+  `flat=True` (where `flat_update_applies`) does the optimizer's elementwise work on one vector per
+  parameter-shaped tree (`restorejax.flat_update`): the same update (to rounding: the global norm sums in
+  another order) and the same state, in a third less compile time on XLA:CPU.
+  """
   prepare = batches.preparer(config, "train")
   ema_decay = config.optim.ema_decay
+
+  def update(grads, params, opt_state, ema_params, step):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    # EMA warm-up (as TF / timm): early on the average must not hold on to the random init.
+    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+    return params, opt_state, ema
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], aux: dict[str, Any]):
     batch = prepare(batch)
     step_rng = jax.random.fold_in(state.rng, state.step)
     (loss, terms), grads = jax.value_and_grad(
         lambda p: task.loss(p, batch, step_rng, aux), has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # EMA warm-up (as TF / timm): early on the average must not hold on to the random init.
-    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+    old = (state.params, state.opt_state, state.ema_params)
+    if flat and flat_update.usable(state.params):
+      flat_grads, flat_old = (flat_update.to_flat(t, state.params) for t in (grads, old))
+      grad_norm = optax.tree.norm(flat_grads)
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      # A conditional, not a select: XLA does not fuse across it, so the update stays a few fusions over
+      # the vectors (with a select, XLA sinks each leaf's slice into the update: a fusion per leaf again).
+      new = jax.lax.cond(ok, lambda: update(flat_grads, *flat_old, state.step), lambda: flat_old)
+      params, opt_state, ema = (flat_update.from_flat(n, o, state.params) for n, o in zip(new, old))
+    else:
+      grad_norm = optax.tree.norm(grads)
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      new = update(grads, *old, state.step)
+      keep = lambda n, o: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), n, o)
+      params, opt_state, ema = (keep(n, o) for n, o in zip(new, old))
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        ema_params=keep(ema, state.ema_params),
+        params=params,
+        opt_state=opt_state,
+        ema_params=ema,
         nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
         nonfinite_run=jnp.where(ok, 0, state.nonfinite_run + 1),
     )
@@ -384,7 +411,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- Compile the step (once, with explicit shardings and the state donated) -----------------------
   aux_sh = sharding.param_shardings(task.aux, config, mesh)
   aux = sharding.replicated_to_global(task.aux, aux_sh)
-  train_step = jax.jit(make_train_step(task, tx, lr_schedule, config),
+  flat = flat_update_applies(mesh)
+  train_step = jax.jit(make_train_step(task, tx, lr_schedule, config, flat=flat),
                        in_shardings=(state_sh, batch_sh, aux_sh), out_shardings=(state_sh, repl),
                        donate_argnums=(0,))
   host_spec = pipeline.batch_spec(config, config.data.batch_size // jax.process_count())
@@ -396,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   compiled = lowered.compile(compiler_options=compile_options.train_step())
   compile_s = time.time() - t0
   flops = throughput.flops_per_device(  # from `lowered`; a network that scans is counted unrolled
-      lowered, task, lambda t: make_train_step(t, tx, lr_schedule, config),
+      lowered, task, lambda t: make_train_step(t, tx, lr_schedule, config, flat=flat),
       lambda t: init_state(t, tx, jax.random.PRNGKey(0)), batch_spec, aux)
   logging.info("Train step compiled in %.1fs; %.3g FLOPs per device per step.", compile_s, flops)
   writer.write_scalars(first_step, {"train/compile_s": compile_s})

@@ -7,7 +7,7 @@
     evaluation    losses    convert      (side by side: none imports another)
     reporting     metric writers, summaries, image files (PNGs through data.images)
     models        diffusion    data      (side by side)
-    base          sharding, checkpoint, optim, distributed, allocator, compile_options
+    base          sharding, checkpoint, optim, flat_update, distributed, allocator, compile_options
 
 Inside one package (and among the base modules) modules import each other freely; a command imports no
 other command. A function-level import of a restorejax module is
@@ -29,7 +29,7 @@ HEAVY = ("torch", "tensorflow", "tensorflow_datasets", "clu")
 RANKS = {"base": 0, "models": 1, "diffusion": 1, "data": 1, "bench_torch": 1, "reporting": 1.5,
          "evaluation": 2, "losses": 2, "convert": 2, "tasks": 3, "train": 4, "throughput": 4, "cli": 5,
          "commands": 6}
-BASE = ("sharding", "checkpoint", "optim", "distributed", "allocator", "compile_options")
+BASE = ("sharding", "checkpoint", "optim", "flat_update", "distributed", "allocator", "compile_options")
 COMMANDS = ("main", "evaluate", "restore", "sweep", "bench", "bench_gpu", "cascade", "sr3_compare", "pod_check", "gir_report",
             "make_priors", "fusion_report", "convert.__main__")
 

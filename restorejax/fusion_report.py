@@ -1,6 +1,6 @@
 """Command line: the prior-severity sweep as gains over no prior, per fusion mode and severity (issue 18).
 
-  python -m restorejax.fusion_report SWEEP_DIR [--out PREFIX]
+  python -m restorejax.fusion_report SWEEP_DIR [--out PREFIX] [--chart_max DB]
 
 SWEEP_DIR is the `--workdir` of `python -m restorejax.sweep --sweep=configs/sweeps/prior_severity.py`:
 one run directory per variant, `<mode>_sev<severity>_s<seed>` and `none_s<seed>`, each with a
@@ -10,7 +10,8 @@ better; LPIPS (when the summaries have `eval/lpips`) as none's minus the run's, 
 better there too. Per severity and mode the tables give the mean gain over seeds, with its spread as
 min..max over the seeds and the number of seeds n.
 
-Writes PREFIX.md (the tables, and what has not finished), PREFIX.csv (one row per mode, severity and seed)
+Writes PREFIX.md (the tables, a text chart of the PSNR gains for markdown files, and what has not
+finished), PREFIX.csv (one row per mode, severity and seed)
 and PREFIX.png (PSNR gain against severity, one line per mode, min..max ticks over seeds, a zero line);
 PREFIX defaults to SWEEP_DIR/severity. Prints the markdown. A partial sweep is reported as far as it has
 finished: the expected grid is every mode seen x every severity seen x every seed seen (plus `none` per
@@ -135,8 +136,10 @@ def _cell(c: Optional[dict[str, float]], digits: int) -> str:
   return f"{c['mean']:+.{digits}f} ({c['min']:+.{digits}f}..{c['max']:+.{digits}f}, n={c['n']})"
 
 
-def markdown(sweep_dir: str, collected: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-  """The gain tables (rows: severity, columns: mode), the baselines, and what is missing."""
+def markdown(sweep_dir: str, collected: dict[str, Any], rows: list[dict[str, Any]],
+             chart_max: Optional[float] = None) -> str:
+  """The gain tables (rows: severity, columns: mode), a text chart of the PSNR gains (`text_chart`, cut
+  at `chart_max` dB), the baselines, and what is missing."""
   out = io.StringIO()
   out.write(f"# Prior fusion against prior severity: {sweep_dir}\n\n")
   out.write("Gain of each fusion mode over the same network without a prior (`none_s<seed>`, same seed). "
@@ -154,6 +157,9 @@ def markdown(sweep_dir: str, collected: dict[str, Any], rows: list[dict[str, Any
     for s in severities:
       out.write(f"| {s:g} | " + " | ".join(_cell(table.get((m, s)), digits) for m in modes) + " |\n")
     out.write("\n")
+  chart = text_chart(rows, "psnr", y_max=chart_max)
+  if chart:
+    out.write(chart + "\n")
   out.write("Without a prior (`none`): " + ", ".join(
       f"seed {seed} PSNR {b.get('eval/psnr', float('nan')):.2f} dB, SSIM {b.get('eval/ssim', float('nan')):.4f}"
       for seed, b in sorted(collected["baselines"].items())) + ".\n")
@@ -166,6 +172,45 @@ def markdown(sweep_dir: str, collected: dict[str, Any], rows: list[dict[str, Any
   else:
     out.write("\nEvery variant of the grid seen has finished.\n")
   return out.getvalue()
+
+
+def _letters(modes: Sequence[str]) -> dict[str, str]:
+  """Each mode's plot symbol: its first letter, or a digit where two modes share one."""
+  out: dict[str, str] = {}
+  for i, m in enumerate(modes):
+    out[m] = m[0] if m[0] not in out.values() else str(i % 10)
+  return out
+
+
+def text_chart(rows: list[dict[str, Any]], metric: str = "psnr", height: int = 17,
+               y_max: Optional[float] = None) -> str:
+  """The mean gain against severity as a character plot, for markdown that cannot show the PNG: one
+  symbol per mode (`_letters`), '*' where modes fall on one cell, '-' the zero line, '^' a mean above
+  `y_max` (the axis is cut there so the small gains stay readable). Empty when nothing has finished."""
+  table = cells(rows, metric)
+  if not table:
+    return ""
+  modes = sorted({m for m, _ in table}, key=_mode_order)
+  sevs = sorted({s for _, s in table})
+  symbol = _letters(modes)
+  means = [c["mean"] for c in table.values()]
+  hi = max(max(means), 0.0) if y_max is None else min(max(max(means), 0.0), y_max)
+  lo = min(min(means), 0.0)
+  hi = hi if hi > lo else lo + 1.0
+  col = 8  # characters per severity
+  grid = [[" "] * (col * len(sevs)) for _ in range(height)]
+  row_of = lambda v: int(round((hi - min(v, hi)) / (hi - lo) * (height - 1)))
+  grid[row_of(0.0)] = ["-"] * (col * len(sevs))
+  for (mode, severity), c in table.items():
+    y, x = row_of(c["mean"]), sevs.index(severity) * col + col // 2
+    mark = "^" if c["mean"] > hi else symbol[mode]
+    grid[y][x] = mark if grid[y][x] in " -" or grid[y][x] == mark == "^" else "*"
+  lines = [f"{hi - i * (hi - lo) / (height - 1):+7.2f} |" + "".join(r).rstrip() for i, r in enumerate(grid)]
+  lines.append(" " * 8 + "+" + "-" * (col * len(sevs)))
+  lines.append(" " * 9 + "".join(f"{s:g}".center(col) for s in sevs).rstrip() + "   severity")
+  legend = ", ".join(f"{symbol[m]} = {m}" for m in modes)
+  cut = f"; ^ = above {hi:+.2f}, see the table" if any(v > hi for v in means) else ""
+  return f"{TITLES[metric]}, mean over seeds ({legend}{cut}):\n\n```\n" + "\n".join(lines) + "\n```\n"
 
 
 CSV_COLUMNS = ("mode", "severity", "seed") + tuple(
@@ -240,14 +285,15 @@ def line_chart(path: str, rows: list[dict[str, Any]], title: str) -> None:
   image.save(path)
 
 
-def report(sweep_dir: str, out: Optional[str] = None) -> tuple[str, list[dict[str, Any]]]:
+def report(sweep_dir: str, out: Optional[str] = None,
+           chart_max: Optional[float] = None) -> tuple[str, list[dict[str, Any]]]:
   """Writes OUT.md, OUT.csv, OUT.png (OUT: SWEEP_DIR/severity); returns (markdown, rows)."""
   collected = collect(sweep_dir)
   rows = gains(collected)
   out = out or os.path.join(sweep_dir, "severity")
   if os.path.dirname(out):
     os.makedirs(os.path.dirname(out), exist_ok=True)
-  text = markdown(sweep_dir, collected, rows)
+  text = markdown(sweep_dir, collected, rows, chart_max)
   with open(out + ".md", "w", encoding="utf-8") as f:
     f.write(text)
   write_csv(out + ".csv", rows)
@@ -260,9 +306,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n")[0])
   parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the prior_severity sweep's --workdir")
   parser.add_argument("--out", default=None, help="PREFIX of PREFIX.md/.csv/.png (default SWEEP_DIR/severity)")
+  parser.add_argument("--chart_max", type=float, default=None,
+                      help="cut the markdown's text chart at this PSNR gain (dB); larger means show as ^")
   args = parser.parse_args(argv)
   try:
-    text, _ = report(args.sweep_dir, args.out)
+    text, _ = report(args.sweep_dir, args.out, args.chart_max)
   except ValueError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2

@@ -135,3 +135,23 @@ def test_an_unknown_mode_in_the_sweep_file_is_one_line():
     prior_severity.get_sweep("modes=bogus")
   assert "\n" not in str(e.value)
   assert str(e.value).startswith("configs/sweeps/prior_severity.py: modes='bogus': unknown mode(s) bogus")
+
+
+def test_text_chart_places_each_mode_by_its_mean_gain_and_cuts_at_chart_max(sweep_dir):
+  rows = fusion_report.gains(fusion_report.collect(str(sweep_dir)))
+  chart = fusion_report.text_chart(rows, "psnr", height=9)
+  lines = chart.split("```\n")[1].splitlines()
+  grid = lines[:9]
+  col = lambda s: 9 + [0, 0.4].index(s) * 8 + 4  # 8 label characters and '|', then 8 per severity
+  assert grid[0].startswith("  +1.75 |") and grid[0][col(0)] == "a"   # align at severity 0: +1.75, the top
+  assert grid[-1].startswith("  -0.50 |") and grid[-1][col(0.4)] == "c"  # concat at 0.4: -0.5, the bottom
+  zero = [i for i, line in enumerate(grid) if set(line[9:]) == {"-"}]
+  assert zero == [round(1.75 / 2.25 * 8)]  # the zero line where 0 falls between +1.75 and -0.5
+  assert "a = align" in chart and "c = concat" in chart and "m = match" in chart
+  cut = fusion_report.text_chart(rows, "psnr", height=9, y_max=1.5)
+  top = cut.split("```\n")[1].splitlines()[0]
+  assert top.startswith("  +1.50 |") and top[col(0)] == "^" and "above +1.50" in cut
+  assert fusion_report._letters(["sft", "swin", "align"]) == {"sft": "s", "swin": "1", "align": "a"}
+  assert fusion_report.text_chart([], "psnr") == ""
+  assert fusion_report.main([str(sweep_dir), "--chart_max", "1.5"]) == 0
+  assert fusion_report.text_chart(rows, "psnr", y_max=1.5) in (sweep_dir / "severity.md").read_text()

@@ -10,7 +10,7 @@ peak rate (1e-3 instead of 3e-4) for a run of minutes rather than 300k iteration
 Run:
   python -m restorejax.main --config=configs/restormer.py --workdir=runs/restormer
   (or --config=configs/default.py:model=restormer, the same config)
-Measured (RESULTS.md, "Restormer"; 2-core CPU shared with other jobs, load 2 to 7.5, 2026-12-07):
+Expect (measured, RESULTS.md "Restormer"; 2-core CPU shared with other jobs, load 2 to 7.5, 2026-12-07):
 eval/psnr 21.12 dB (SSIM 0.807) against the degraded input's 18.35 dB (0.656) after the default 600
 steps, +2.77 dB; 20.17 / 20.95 dB at steps 200 / 400; 2307 s wall (compile 49 s, 2.2 images/s).
 

@@ -15,6 +15,13 @@ def test_cpu_compiles_at_llvm_level_1_and_other_platforms_keep_the_defaults():
   assert compile_options.train_step("cpu") == {"xla_backend_optimization_level": 1}
 
 
+def test_an_option_set_in_xla_flags_is_left_to_the_user(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_backend_optimization_level=0")
+  assert compile_options.train_step("cpu") == {}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert compile_options.train_step("cpu") == {"xla_backend_optimization_level": 1}
+
+
 def test_a_step_compiled_with_them_computes_what_the_default_compile_computes():
   f = jax.jit(lambda w, x: jnp.tanh(x @ w).sum(axis=0))
   w, x = jnp.ones((8, 4)) / 8, jnp.arange(32.0).reshape(4, 8) / 32

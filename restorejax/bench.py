@@ -326,7 +326,7 @@ def fusion_costs(config) -> dict:
       params_unrolled = params
     forward = lambda p, a, b, m=model: m.apply({"params": p}, a, b)
     loss = lambda p, a, b, m=model: jnp.mean(jnp.abs(m.apply({"params": p}, a, b) - a))
-    gflops = lambda f: throughput._flops(  # pylint: disable=protected-access
+    gflops = lambda f: throughput.cost_flops(
         jax.jit(f).lower(params_unrolled, x, x).cost_analysis()) / 1e9
     out[mode] = {"params": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)),
                  "gflops_forward": gflops(forward), "gflops_forward_backward": gflops(jax.value_and_grad(loss))}

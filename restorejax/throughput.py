@@ -41,7 +41,8 @@ def peak_flops(device=None, override: float = 0.0) -> float:
   return 0.0
 
 
-def _flops(cost) -> float:
+def cost_flops(cost) -> float:
+  """FLOPs from a lowered or compiled program's `cost_analysis()` (a dict, or a list of one)."""
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", 0.0))
@@ -72,7 +73,7 @@ def step_flops(make_step: Callable[[Any], Callable], init_state: Callable[[Any],
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   try:
     state = jax.eval_shape(lambda: init_state(task))
-    return _flops(jax.jit(make_step(task)).lower(state, shapes(batch), shapes(aux)).cost_analysis())
+    return cost_flops(jax.jit(make_step(task)).lower(state, shapes(batch), shapes(aux)).cost_analysis())
   except Exception:  # pylint: disable=broad-except  (a missing estimate must not stop a run)
     return 0.0
 
@@ -88,6 +89,6 @@ def flops_per_device(lowered: Any, task: Any, make_step: Callable[[Any], Callabl
   if scans(task):
     return step_flops(make_step, init_state, task, batch, aux) / jax.device_count()
   try:
-    return _flops(lowered.cost_analysis()) / jax.device_count()
+    return cost_flops(lowered.cost_analysis()) / jax.device_count()
   except Exception:  # pylint: disable=broad-except  (a missing estimate must not stop a run)
     return 0.0
